@@ -1,0 +1,200 @@
+"""Typed run configuration: YAML files validated into pydantic models, with ``a.b=value`` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pathoucc.errors import PathouccError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    """Where instances come from. ``mnist`` fetches MNIST; ``idx`` reads a folder of IDX files; ``tiles``
+    reads HDF5 tile files written by ``pathoucc tile``."""
+
+    source: Literal["mnist", "idx", "tiles"] = "mnist"
+    root: str = "data"
+    train_tiles: list[str] = Field(default_factory=list)
+    test_tiles: list[str] = Field(default_factory=list)
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    augment: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class BagsConfig(_Section):
+    """Bags of ``bag_size`` instances whose number of distinct classes is drawn from [ucc_min, ucc_max]."""
+
+    bag_size: int = Field(32, ge=1)
+    bags_per_batch: int = Field(20, ge=1)
+    ucc_min: int = Field(1, ge=1)
+    ucc_max: int = Field(4, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> BagsConfig:
+        if self.ucc_max < self.ucc_min:
+            raise ValueError(f"ucc_max ({self.ucc_max}) < ucc_min ({self.ucc_min})")
+        if self.bag_size < self.ucc_max:
+            raise ValueError(f"bag_size ({self.bag_size}) < ucc_max ({self.ucc_max})")
+        return self
+
+
+class ModelConfig(_Section):
+    """Backbone (``conv``, ``resnet`` or a timm model name), feature head, KDE, ucc MLP and decoder."""
+
+    backbone: str = "conv"
+    widths: list[int] = Field(default_factory=lambda: [32, 64, 128])
+    blocks_per_stage: int = Field(1, ge=1)
+    in_chans: int = Field(1, ge=1)
+    input_size: int = Field(28, ge=8)
+    pretrained_file: str | None = None
+    num_features: int = Field(10, ge=1)
+    num_bins: int = Field(11, ge=2)
+    sigma: float = Field(0.1, gt=0)
+    mlp: list[int] = Field(default_factory=lambda: [384, 192])
+    decoder: bool = True
+    decoder_widths: list[int] = Field(default_factory=lambda: [128, 64, 32])
+    decoder_residual: bool = False
+
+
+class LossConfig(_Section):
+    ucc_weight: float = Field(0.5, ge=0)
+    ae_weight: float = Field(0.5, ge=0)
+
+
+class TrainConfig(_Section):
+    steps: int = Field(2000, ge=1)
+    max_minutes: float | None = Field(None, gt=0)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
+    warmup_steps: int = Field(0, ge=0)
+    val_every: int = Field(500, ge=1)
+    val_bags: int = Field(200, ge=1)
+    checkpoint_every: int = Field(500, ge=1)
+    log_every: int = Field(20, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: bool = True
+    num_threads: int = Field(0, ge=0)
+    eval_every_val: bool = False
+
+
+class EvalConfig(_Section):
+    k: int | None = Field(None, ge=2)
+    split: Literal["test", "val"] = "test"
+    n_init: int = Field(10, ge=1)
+    batch_size: int = Field(1024, ge=1)
+
+
+class Config(_Section):
+    """A whole run. ``seed`` makes it reproducible on the same machine."""
+
+    name: str = "run"
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    bags: BagsConfig = Field(default_factory=BagsConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _section_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys at ``loc`` (the section the bad key sits in)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None) if field else None
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            break
+        model = ann
+    return list(model.model_fields)
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    loc = tuple(err["loc"])
+    where = ".".join(str(p) for p in loc) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        valid = ", ".join(_section_fields(Config, loc))
+        return f"{source}: unknown key '{where}' (valid keys here: {valid})"
+    msg = err["msg"].removeprefix("Value error, ")
+    value = err.get("input")
+    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
+    return f"{source}: {where}: {msg}{shown}{more}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-3"`` -> ``(["train", "lr"], 0.001)``; the value is parsed as YAML."""
+    if "=" not in text:
+        raise PathouccError(f"override '{text}' is not of the form key.path=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise PathouccError(f"override '{text}' has an empty key")
+    return parts, value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b=value`` overrides to a raw config dict (in place) and return it."""
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for p in parts[:-1]:
+            nxt = node.setdefault(p, {})
+            if not isinstance(nxt, dict):
+                raise PathouccError(f"override '{text}': '{p}' is not a section")
+            node = nxt
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read, override and validate a YAML config. Every problem is a :class:`PathouccError` naming ``path``."""
+    raw: dict[str, Any] = {}
+    source = "config"
+    if path is not None:
+        path = Path(path)
+        source = str(path)
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            raise PathouccError("config file not found", path) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PathouccError(f"cannot read config ({exc})", path) from None
+        try:
+            raw = yaml.safe_load(text) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}" if mark else ""
+            raise PathouccError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", path) from None
+        if not isinstance(raw, dict):
+            raise PathouccError("config must be a mapping of sections", path)
+    apply_overrides(raw, overrides or [])
+    return config_from_dict(raw, source)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise PathouccError(_format_error(exc, source)) from None
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from pathoucc.io import write_text
+
+    write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

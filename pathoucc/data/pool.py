@@ -1,0 +1,85 @@
+"""Instance pools: the labelled instances (images) that bags are drawn from, per split."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pathoucc.config import DataConfig
+from pathoucc.errors import PathouccError
+
+
+@dataclass
+class InstancePool:
+    """Instances of one split held in memory.
+
+    images : (N, H, W, C) uint8
+    labels : (N,) int64 class of each instance (-1 where unknown); used to build bags and to evaluate only.
+    bag_index : (N,) int64 or None, the fixed bag (region) of each instance when bags come with the data.
+    bag_ucc : (R,) int64 or None, the unique class count of each fixed bag.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    bag_index: np.ndarray | None = None
+    bag_ucc: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.images.ndim == 3:
+            self.images = self.images[..., None]
+        if self.images.ndim != 4 or self.images.dtype != np.uint8:
+            raise ValueError(f"images must be (N, H, W, C) uint8, got {self.images.shape} {self.images.dtype}")
+        if len(self.labels) != len(self.images):
+            raise ValueError("images and labels differ in length")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one instance."""
+        _, h, w, c = self.images.shape
+        return c, h, w
+
+    @property
+    def num_classes(self) -> int:
+        return int(len(np.unique(self.labels[self.labels >= 0])))
+
+    def tensor(self, index: np.ndarray | slice, transform=None) -> torch.Tensor:  # noqa: ANN001
+        """Instances ``index`` as a float tensor ``(n, C, H, W)`` in [0, 1], optionally augmented (uint8 HWC)."""
+        batch = self.images[index]
+        if transform is not None:
+            batch = np.stack([transform(image=im)["image"] for im in batch])
+        return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def load_pools(cfg: DataConfig, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, InstancePool]:
+    """Load the requested splits of the configured source as :class:`InstancePool` objects."""
+    if cfg.source in ("mnist", "idx"):
+        if cfg.source == "mnist":
+            from pathoucc.data.mnist import load_mnist
+
+            arrays = load_mnist(cfg.root)
+        else:
+            from pathoucc.data.idx import read_idx_folder
+
+            arrays = _split_idx(read_idx_folder(cfg.root), cfg.val_fraction, Path(cfg.root))
+        return {s: InstancePool(*arrays[s]) for s in splits}
+    from pathoucc.data.tiles import load_tile_pools
+
+    return load_tile_pools(cfg, splits)
+
+
+def _split_idx(arrays: dict[str, tuple[np.ndarray, np.ndarray]], val_fraction: float,
+               root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if "train" not in arrays or "test" not in arrays:
+        raise PathouccError(f"IDX folder needs train-* and t10k-*/test-* files, found splits {sorted(arrays)}", root)
+    x, y = arrays["train"]
+    n_val = int(round(len(x) * val_fraction))
+    out = dict(arrays)
+    out["train"] = (x[: len(x) - n_val], y[: len(x) - n_val])
+    out["val"] = (x[len(x) - n_val :], y[len(x) - n_val :])
+    return out

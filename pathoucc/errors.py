@@ -1,0 +1,16 @@
+"""The one error type that the command line turns into a one-line message."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class PathouccError(Exception):
+    """A problem with user input (a file, a config, an argument) that is reported without a traceback.
+
+    The message should name the offending file or value and say what is wrong, on one line.
+    """
+
+    def __init__(self, message: str, path: str | Path | None = None) -> None:
+        self.path = None if path is None else Path(path)
+        super().__init__(f"{path}: {message}" if path is not None else message)

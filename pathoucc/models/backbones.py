@@ -1,0 +1,155 @@
+"""Feature extractors (encoders) and decoders: built-in CNNs for small grey images, and any timm model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from pathoucc.errors import PathouccError
+
+
+class _PreActBlock(nn.Module):
+    """Wide-ResNet style pre-activation residual block (BN-ReLU-conv ×2), optional stride."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
+        super().__init__()
+        self.bn1, self.bn2 = nn.BatchNorm2d(c_in), nn.BatchNorm2d(c_out)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.shortcut = None if (c_in == c_out and stride == 1) else nn.Conv2d(c_in, c_out, 1, stride, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        o = torch.relu(self.bn1(x))
+        skip = x if self.shortcut is None else self.shortcut(o)
+        o = self.conv1(o)
+        o = self.conv2(torch.relu(self.bn2(o)))
+        return o + skip
+
+
+class ResidualEncoder(nn.Module):
+    """Stem conv then residual stages (stride 1, 2, 2, …); output is flattened ``(B, C·H'·W')``.
+
+    ``widths=(16, 32, 64, 128)`` with ``in_size=28`` is the paper's MNIST encoder (flatten size 6272).
+    """
+
+    def __init__(self, in_chans: int = 1, widths: tuple[int, ...] = (16, 32, 64, 128), in_size: int = 28,
+                 blocks_per_stage: int = 1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(in_chans, widths[0], 3, 1, 1, bias=False)]
+        size, c = in_size, widths[0]
+        for i, w in enumerate(widths[1:]):
+            stride = 1 if i == 0 else 2
+            for b in range(blocks_per_stage):
+                layers.append(_PreActBlock(c, w, stride if b == 0 else 1))
+                c = w
+            size = (size + stride - 1) // stride
+        layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Flatten()]
+        self.body = nn.Sequential(*layers)
+        self.out_shape = (c, size, size)
+        self.num_features = c * size * size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class ConvEncoder(nn.Module):
+    """A fast plain CNN: [conv-BN-ReLU ×convs_per_stage, max-pool] per stage, flattened output."""
+
+    def __init__(self, in_chans: int = 1, widths: tuple[int, ...] = (32, 64, 128), in_size: int = 28,
+                 convs_per_stage: int = 1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c, size = in_chans, in_size
+        for i, w in enumerate(widths):
+            for _ in range(convs_per_stage):
+                layers += [nn.Conv2d(c, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)]
+                c = w
+            if i < len(widths) - 1:
+                layers.append(nn.MaxPool2d(2))
+                size //= 2
+        layers.append(nn.Flatten())
+        self.body = nn.Sequential(*layers)
+        self.out_shape = (c, size, size)
+        self.num_features = c * size * size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class TimmEncoder(nn.Module):
+    """Any timm model by name, pooled to a vector; optional local weights file (never downloads)."""
+
+    def __init__(self, name: str, in_chans: int = 3, pretrained_file: str | None = None) -> None:
+        super().__init__()
+        import timm
+
+        try:
+            self.model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
+        except RuntimeError as exc:  # unknown model name
+            raise PathouccError(f"timm model '{name}': {exc}") from None
+        if pretrained_file:
+            load_weights(self.model, pretrained_file)
+        self.num_features = self.model.num_features
+        self.out_shape = (self.num_features,)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict (``.pth``/``.pt`` via ``weights_only`` torch.load, or ``.safetensors``) into ``model``.
+
+    Classifier weights whose shapes do not fit are dropped; other missing keys are an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PathouccError("pretrained weights file not found", path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
+        raise PathouccError(f"cannot read weights ({type(exc).__name__}: {exc})".splitlines()[0], path) from None
+    own = model.state_dict()
+    state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    missing = [k for k in own if k not in state]
+    if missing:
+        raise PathouccError(f"weights do not fit the model: {len(missing)} tensors missing, e.g. {missing[0]}", path)
+    model.load_state_dict(state)
+
+
+class ConvDecoder(nn.Module):
+    """Mirror of an encoder: features ``(B, J)`` -> image ``(B, C, H, W)`` in [0, 1].
+
+    Linear to ``(widths[0], s, s)``, then [upsample ×2, conv-BN-ReLU] stages, then a 3×3 conv + sigmoid,
+    resized to ``out_size`` if needed.
+    """
+
+    def __init__(self, num_features: int, out_chans: int = 1, out_size: int = 28,
+                 widths: tuple[int, ...] = (128, 64, 32), residual: bool = False) -> None:
+        super().__init__()
+        self.start = max(out_size // 2 ** (len(widths) - 1), 1)
+        self.out_size = out_size
+        self.fc = nn.Linear(num_features, widths[0] * self.start**2)
+        layers: list[nn.Module] = [nn.Unflatten(1, (widths[0], self.start, self.start))]
+        c = widths[0]
+        for w in widths[1:]:
+            layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
+            layers.append(_PreActBlock(c, w) if residual else nn.Sequential(
+                nn.Conv2d(c, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)))
+            c = w
+        layers += [nn.Conv2d(c, out_chans, 3, 1, 1), nn.Sigmoid()]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        x = self.body(self.fc(z))
+        if x.shape[-1] != self.out_size:
+            x = nn.functional.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear",
+                                          align_corners=False)
+        return x

@@ -1,0 +1,59 @@
+"""The UCC model: encoder -> features in [0, 1] -> KDE per bag -> ucc classifier, plus an autoencoder branch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pathoucc.models.kde import KDE
+
+
+class UCCModel(nn.Module):
+    """Unique-class-count model (Oner, Lee & Sung, ICLR 2020).
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        Maps instances ``(M, C, H, W)`` to vectors ``(M, encoder.num_features)``.
+    num_features : int
+        Size J of the instance feature, squashed to [0, 1] by a sigmoid; these features are clustered.
+    kde : KDE
+        Density of each bag's features.
+    mlp : list of int
+        Hidden sizes of the distribution-regression MLP.
+    num_ucc : int
+        Number of ucc classes predicted (ucc_max - ucc_min + 1).
+    decoder : nn.Module or None
+        Reconstructs instances from their features (autoencoder branch).
+    """
+
+    def __init__(self, encoder: nn.Module, num_features: int, kde: KDE, mlp: list[int], num_ucc: int,
+                 decoder: nn.Module | None = None) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.num_features, num_features)
+        self.kde = kde
+        layers: list[nn.Module] = []
+        width = num_features * kde.num_bins
+        for h in mlp:
+            layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+            width = h
+        layers.append(nn.Linear(width, num_ucc))
+        self.classifier = nn.Sequential(*layers)
+        self.decoder = decoder
+        self.num_features = num_features
+
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Instances ``(M, C, H, W)`` -> features ``(M, J)`` in [0, 1]."""
+        return torch.sigmoid(self.head(self.encoder(x)))
+
+    def forward(self, bags: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Bags ``(B, N, C, H, W)`` -> ``logits (B, num_ucc)``, ``features (B, N, J)``, ``recon (B·N, C, H, W)``."""
+        b, n = bags.shape[:2]
+        flat = bags.flatten(0, 1)
+        features = self.extract_features(flat)
+        logits = self.classifier(self.kde(features.view(b, n, -1).float()))
+        out = {"logits": logits, "features": features.view(b, n, -1)}
+        if self.decoder is not None:
+            out["recon"] = self.decoder(features)
+        return out

@@ -1,0 +1,36 @@
+"""Plots people would rather look at than read: training curves."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pathoucc.io import atomic_path
+
+
+def plot_training_curves(metrics_jsonl: str | Path, out_png: str | Path) -> None:
+    """Plot every logged metric of a run (``metrics.jsonl``) against the step, one panel per metric."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    keys = [k for k in dict.fromkeys(k for r in records for k in r) if k not in ("step", "elapsed_s", "lr")]
+    if not keys:
+        return
+    pairs = sorted({k.removeprefix("val_") for k in keys})
+    fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], pairs, strict=True):
+        for name, style in ((key, "-"), (f"val_{key}", "o-")):
+            pts = [(r["step"], r[name]) for r in records if name in r]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), style, label=name, markersize=3)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
