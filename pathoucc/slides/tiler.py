@@ -1,0 +1,355 @@
+"""Cut a slide into tissue patches and write them, with count labels, to one HDF5 file (see :mod:`.h5`).
+
+Patches lie on a regular grid of the output level (``stride`` output pixels apart, starting at (0, 0)); those
+whose tissue fraction reaches ``tissue_threshold`` are kept. Pixels are read in blocks of about 1024x1024 output
+pixels by a pool of threads and streamed into the HDF5 file, so memory does not grow with the slide's size
+(apart from the per-patch coordinate and label arrays, ~40 bytes per patch). Each file is written under a
+temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import h5py
+import numpy as np
+from PIL import Image
+
+from pathoucc.errors import PathouccError
+from pathoucc.io import atomic_path, ensure_writable_dir
+from pathoucc.slides import annotations as ann
+from pathoucc.slides.h5 import FORMAT_VERSION, open_tiles
+from pathoucc.slides.reader import LevelChoice, Slide, open_slide, pick_level
+from pathoucc.slides.tissue import TissueMask, detect_tissue, save_mask_png, tissue_fractions
+
+__all__ = ["TileReport", "output_paths", "tile_slide", "tile_slides"]
+
+AnnotationKind = Literal["mask", "geojson", "csv"]
+BLOCK_PIXELS = 1024  # side of a reading block in output pixels (rounded to whole strides)
+CHUNK_BYTES = 64 * 1024  # target HDF5 chunk size; at least one patch per chunk
+
+
+@dataclass
+class TileReport:
+    """Outcome of :func:`tile_slides`: written, skipped (valid output already there) and failed slides."""
+
+    written: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+def output_paths(slide_path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
+    """``(<out>/<stem>.h5, <out>/<stem>_tissue.png)`` for a slide."""
+    stem = Path(slide_path).stem
+    return Path(out_dir) / f"{stem}.h5", Path(out_dir) / f"{stem}_tissue.png"
+
+
+def tile_slide(slide_path: str | Path, out_dir: str | Path, *, patch_size: int = 224, stride: int | None = None,
+               level: int | None = None, magnification: float | None = None, mpp: float | None = None,
+               downsample: float | None = None, tissue_threshold: float = 0.5, region_size: int = 512,
+               annotations: str | Path | None = None, annotation_kind: AnnotationKind | None = None,
+               classes: list[str] | None = None, zero_is_background: bool = True, min_label_coverage: float = 0.5,
+               workers: int | None = None, compression: str = "gzip", overwrite: bool = False,
+               progress: bool = False) -> Path:
+    """Tile one slide into ``<out_dir>/<stem>.h5`` (plus ``<stem>_tissue.png``) and return the HDF5 path.
+
+    ``patch_size`` and ``stride`` (default ``patch_size``) are output-level pixels; the output level comes from
+    one of ``level``, ``magnification``, ``mpp``, ``downsample`` (default level 0). ``annotations`` is a label
+    mask image, a QuPath GeoJSON or a regions CSV (kind from ``annotation_kind`` or the suffix); with a mask or
+    GeoJSON, regions are ``region_size`` windows of the output level and their UCC is counted from patch labels.
+    A valid existing output with the same grid is kept unless ``overwrite``.
+    """
+    path, _ = _tile(slide_path, out_dir, patch_size=patch_size, stride=stride, level=level,
+                    magnification=magnification, mpp=mpp, downsample=downsample, tissue_threshold=tissue_threshold,
+                    region_size=region_size, annotations=annotations, annotation_kind=annotation_kind,
+                    classes=classes, zero_is_background=zero_is_background, min_label_coverage=min_label_coverage,
+                    workers=workers, compression=compression, overwrite=overwrite, progress=progress)
+    return path
+
+
+def tile_slides(slide_paths: list[str | Path], out_dir: str | Path, *, annotations: str | Path | None = None,
+                annotation_kind: AnnotationKind | None = None, on_error=None, **kwargs) -> TileReport:
+    """Tile several slides; a slide that fails is recorded in the report (and passed to ``on_error(path, msg)``)
+    while the others go on. ``annotations`` may be a folder holding ``<stem>.<ext>`` / ``<stem>_mask.<ext>``
+    files, a single file for a single slide, or a regions CSV shared by all slides. Other keyword arguments are
+    those of :func:`tile_slide`.
+    """
+    report = TileReport()
+    ensure_writable_dir(out_dir)
+    slide_paths = [Path(p) for p in slide_paths]
+    kind = annotation_kind or (_kind_from_suffix(Path(annotations)) if annotations and
+                               not Path(annotations).is_dir() else None)
+    if annotations is not None and Path(annotations).is_file() and kind != "csv" and len(slide_paths) > 1:
+        raise PathouccError(f"one {kind} file cannot annotate {len(slide_paths)} slides; pass a folder of "
+                            "<slide stem>.<ext> files instead", annotations)
+    seen: dict[str, Path] = {}
+    for slide_path in slide_paths:
+        try:
+            if slide_path.stem in seen:
+                raise PathouccError(f"has the same name as {seen[slide_path.stem]}; outputs would collide",
+                                    slide_path)
+            seen[slide_path.stem] = slide_path
+            source = _annotation_for(slide_path, Path(annotations), kind) if annotations is not None else None
+            out, written = _tile(slide_path, out_dir, annotations=source, annotation_kind=kind, **kwargs)
+            (report.written if written else report.skipped).append(out)
+        except (PathouccError, OSError) as exc:
+            message = str(exc) if isinstance(exc, PathouccError) else f"{slide_path}: {exc}"
+            report.failed.append((slide_path, message))
+            if on_error is not None:
+                on_error(slide_path, message)
+    return report
+
+
+def _tile(slide_path, out_dir, *, patch_size=224, stride=None, level=None, magnification=None, mpp=None,
+          downsample=None, tissue_threshold=0.5, region_size=512, annotations=None, annotation_kind=None,
+          classes=None, zero_is_background=True, min_label_coverage=0.5, workers=None, compression="gzip",
+          overwrite=False, progress=False) -> tuple[Path, bool]:
+    slide_path = Path(slide_path)
+    stride = patch_size if stride is None else stride
+    if patch_size < 1 or stride < 1:
+        raise PathouccError(f"patch size and stride must be positive (got {patch_size} and {stride})")
+    if not 0 <= tissue_threshold <= 1:
+        raise PathouccError(f"tissue threshold must be in [0, 1], got {tissue_threshold}")
+    if compression not in ("gzip", "lzf", "none"):
+        raise PathouccError(f"compression must be gzip, lzf or none, got {compression!r}")
+    h5_path, png_path = output_paths(slide_path, out_dir)
+    with open_slide(slide_path) as slide:
+        choice = pick_level(slide, magnification=magnification, mpp=mpp, level=level, downsample=downsample)
+        if h5_path.exists() and not overwrite and _is_done(h5_path, choice, patch_size, stride):
+            return h5_path, False
+        ensure_writable_dir(out_dir)
+        tissue = _tissue(slide, tissue_threshold)
+        grid = _grid(slide, choice, patch_size, stride, tissue, tissue_threshold)
+        labels = _annotate(slide, choice, grid, patch_size, region_size, annotations, annotation_kind, classes,
+                           zero_is_background, min_label_coverage)
+        save_mask_png(tissue.mask, png_path)
+        _write(slide, choice, grid, labels, h5_path, patch_size=patch_size, stride=stride,
+               tissue_threshold=tissue_threshold, workers=workers, compression=compression, progress=progress)
+    return h5_path, True
+
+
+def _is_done(h5_path: Path, choice: LevelChoice, patch_size: int, stride: int) -> bool:
+    try:
+        done = open_tiles(h5_path)
+    except PathouccError:
+        return False  # unreadable or incomplete: tile again
+    have = (done.patch_size, done.stride, done.patch_level, round(done.downsample, 3))
+    want = (patch_size, stride, choice.level, round(choice.downsample, 3))
+    if have != want:
+        raise PathouccError(f"already holds tiles with patch_size, stride, level, downsample = {have}, not {want}; "
+                            "use --overwrite or another output folder", h5_path)
+    return True
+
+
+def _tissue(slide: Slide, threshold: float) -> TissueMask:
+    if threshold > 0:
+        return detect_tissue(slide)
+    W, H = slide.dimensions
+    scale = max(W, H) / 2048 if max(W, H) > 2048 else 1.0
+    w, h = max(1, round(W / scale)), max(1, round(H / scale))
+    return TissueMask(np.ones((h, w), bool), (W / w, H / h))
+
+
+@dataclass
+class _Grid:
+    positions: np.ndarray  # (N, 2) int64 output-level (x, y) of patch top-lefts, in block order
+    coords: np.ndarray  # (N, 2) int64 level-0 (x, y)
+    blocks: list[tuple[int, int, int, int, int, int]]  # (start, stop, bx, by, bw, bh) in output pixels
+    size: tuple[int, int]  # output-level (W, H)
+
+
+def _grid(slide: Slide, choice: LevelChoice, patch_size: int, stride: int, tissue: TissueMask,
+          threshold: float) -> _Grid:
+    W0, H0 = slide.dimensions
+    ds = choice.downsample
+    w_out, h_out = int(W0 / ds + 1e-6), int(H0 / ds + 1e-6)
+    if w_out < patch_size or h_out < patch_size:
+        raise PathouccError(f"the slide is {w_out}x{h_out} px at the chosen level, smaller than one "
+                            f"{patch_size}-px patch", slide.path)
+    xs = np.arange(0, w_out - patch_size + 1, stride, dtype=np.int64)
+    ys = np.arange(0, h_out - patch_size + 1, stride, dtype=np.int64)
+    per_block = max(1, BLOCK_PIXELS // stride)
+    extent = patch_size * ds
+    kept_rows = []
+    for j, y in enumerate(ys):  # one grid row at a time keeps the temporaries small
+        boxes = np.stack([np.rint(xs * ds), np.full_like(xs, round(y * ds)), np.full(len(xs), extent),
+                          np.full(len(xs), extent)], axis=1)
+        keep = xs[tissue_fractions(tissue, boxes) >= threshold] if threshold > 0 else xs
+        if len(keep):
+            kept_rows.append(np.stack([keep, np.full_like(keep, y), keep // stride // per_block,
+                                       np.full_like(keep, j // per_block)], axis=1))
+    if not kept_rows:
+        raise PathouccError(f"no patch has a tissue fraction >= {threshold:g}; lower --tissue-threshold or the "
+                            "patch size", slide.path)
+    rows = np.concatenate(kept_rows)
+    order = np.lexsort((rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]))  # block row, block col, y, x
+    rows = rows[order]
+    positions = rows[:, :2].copy()
+    coords = np.rint(positions * ds).astype(np.int64)
+    keys = rows[:, 2] + rows[:, 3] * (len(xs) // per_block + 2)
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    stops = np.r_[starts[1:], len(rows)]
+    span = (per_block - 1) * stride + patch_size
+    blocks = []
+    for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+        bx, by = int(rows[a, 2]) * per_block * stride, int(rows[a, 3]) * per_block * stride
+        blocks.append((a, b, bx, by, min(span, w_out - bx), min(span, h_out - by)))
+    return _Grid(positions, coords, blocks, (w_out, h_out))
+
+
+def _annotate(slide: Slide, choice: LevelChoice, grid: _Grid, patch_size: int, region_size: int,
+              source: Path | None, kind: AnnotationKind | None, classes: list[str] | None,
+              zero_is_background: bool, min_coverage: float) -> dict | None:
+    if source is None:
+        return None
+    source = Path(source)
+    kind = kind or _kind_from_suffix(source)
+    extent = patch_size * choice.downsample
+    n = len(grid.coords)
+    if kind == "csv":
+        table = ann.read_regions_csv(source, slide.path, slide.dimensions)
+        region = ann.assign_regions(grid.coords, extent, table.boxes)
+        if not (region >= 0).any():
+            raise PathouccError(f"no tissue patch of {slide.path.name} lies inside any of its {len(table.boxes)} "
+                                "regions", source)
+        return {"labels": np.full(n, -1, np.int64), "region": region, "boxes": table.boxes, "ucc": table.ucc,
+                "class_names": classes}
+    if kind == "mask":
+        raster = ann.read_label_mask(source, slide.dimensions, zero_is_background=zero_is_background,
+                                     classes=classes)
+    else:
+        raster = ann.read_geojson(source, slide.dimensions, classes=classes, downsample=max(1.0, extent / 8))
+    labels = ann.patch_labels(raster, grid.coords, extent, min_coverage)
+    if not (labels >= 0).any():
+        raise PathouccError(f"the annotations do not overlap any tissue patch of {slide.path.name}", source)
+    region, boxes = ann.grid_regions(grid.positions, patch_size, region_size, choice.downsample, slide.dimensions)
+    ucc = ann.region_ucc(labels, region, len(boxes))
+    keep = ucc > 0  # regions without a single labelled patch carry no count
+    remap = np.full(len(boxes) + 1, -1, np.int64)
+    remap[np.flatnonzero(keep)] = np.arange(int(keep.sum()))
+    region = remap[region]  # -1 stays -1 (index -1 is the sentinel entry)
+    return {"labels": labels, "region": region, "boxes": boxes[keep], "ucc": ucc[keep],
+            "class_names": raster.class_names}
+
+
+def _write(slide: Slide, choice: LevelChoice, grid: _Grid, labels: dict | None, h5_path: Path, *,
+           patch_size: int, stride: int, tissue_threshold: float, workers: int | None, compression: str,
+           progress: bool) -> None:
+    n, p = len(grid.coords), patch_size
+    chunk = int(np.clip(CHUNK_BYTES // (p * p * 3), 1, 16))
+    comp = {"gzip": {"compression": "gzip", "compression_opts": 4}, "lzf": {"compression": "lzf"},
+            "none": {}}[compression]
+    workers = max(1, workers if workers is not None else min(4, os.cpu_count() or 1))
+    grid_attrs = {"patch_size": p, "patch_level": choice.level, "downsample": float(choice.downsample),
+                  "stride": stride, "level_dimensions": np.asarray(grid.size, np.int64)}
+    bar = _progress(progress, slide.path.name, n)
+    with atomic_path(h5_path) as tmp, h5py.File(tmp, "w") as f:
+        coords = f.create_dataset("coords", data=grid.coords, dtype=np.int64)
+        for k, v in grid_attrs.items():
+            coords.attrs[k] = v
+            f.attrs[k] = v
+        f.attrs["slide_path"] = str(slide.path.resolve())
+        f.attrs["slide_dimensions"] = np.asarray(slide.dimensions, np.int64)
+        f.attrs["mpp"] = np.asarray(slide.mpp if slide.mpp else (np.nan, np.nan), np.float64)
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["tissue_threshold"] = float(tissue_threshold)
+        if labels is not None:
+            f.create_dataset("labels", data=labels["labels"].astype(np.int64))
+            f.create_dataset("region", data=labels["region"].astype(np.int64))
+            group = f.create_group("regions")
+            group.create_dataset("boxes", data=np.asarray(labels["boxes"], np.int64).reshape(-1, 4))
+            group.create_dataset("ucc", data=np.asarray(labels["ucc"], np.int64))
+            if labels["class_names"] is not None:
+                f.attrs["class_names"] = json.dumps(list(labels["class_names"]))
+        patches = f.create_dataset("patches", shape=(n, p, p, 3), dtype=np.uint8, chunks=(chunk, p, p, 3),
+                                   **comp)
+        with bar, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tiler") as pool:
+            pending: deque[tuple[int, int, Future]] = deque()
+            task = bar.add_task(slide.path.name, total=n) if hasattr(bar, "add_task") else None
+            for block in grid.blocks:
+                pending.append((block[0], block[1], pool.submit(_read_block, slide, choice, grid, block, p)))
+                if len(pending) >= 2 * workers:
+                    _drain(pending, patches, bar, task, 1)
+            _drain(pending, patches, bar, task, len(pending))
+
+
+def _drain(pending: deque, patches: h5py.Dataset, bar, task, count: int) -> None:
+    for _ in range(count):
+        start, stop, future = pending.popleft()
+        try:
+            patches[start:stop] = future.result()
+        except BaseException:
+            for _, _, other in pending:
+                other.cancel()
+            raise
+        if task is not None:
+            bar.update(task, advance=stop - start)
+
+
+def _read_block(slide: Slide, choice: LevelChoice, grid: _Grid, block: tuple, p: int) -> np.ndarray:
+    """Read one block of the output level and cut its patches -> (n, P, P, 3) uint8."""
+    start, stop, bx, by, bw, bh = block
+    ds = choice.downsample
+    level_ds = slide.level_downsamples[choice.level]
+    location = (round(bx * ds), round(by * ds))
+    if choice.scale == 1.0:
+        pixels = slide.read_region(location, choice.level, (bw, bh))
+    else:
+        lw, lh = int(np.ceil(bw * ds / level_ds)), int(np.ceil(bh * ds / level_ds))
+        raw = slide.read_region(location, choice.level, (lw, lh))
+        box = (0.0, 0.0, bw * ds / level_ds, bh * ds / level_ds)
+        pixels = np.asarray(Image.fromarray(raw).resize((bw, bh), Image.Resampling.BOX, box=box))
+    offsets = grid.positions[start:stop] - np.asarray([bx, by])
+    out = np.empty((stop - start, p, p, 3), np.uint8)
+    for k, (ox, oy) in enumerate(offsets.tolist()):
+        out[k] = pixels[oy:oy + p, ox:ox + p]
+    return out
+
+
+def _progress(enabled: bool, name: str, total: int):
+    if not enabled:
+        from contextlib import nullcontext
+
+        return nullcontext()
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                    console=Console(stderr=True), transient=True)
+
+
+def _kind_from_suffix(path: Path) -> AnnotationKind:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return "csv"
+    if suffix in (".geojson", ".json"):
+        return "geojson"
+    return "mask"
+
+
+_SUFFIXES = {"mask": (".png", ".tif", ".tiff"), "geojson": (".geojson", ".json"), "csv": (".csv",)}
+
+
+def _annotation_for(slide_path: Path, annotations: Path, kind: AnnotationKind | None) -> Path:
+    """The annotation file of one slide: ``annotations`` itself, or ``<folder>/<stem>[_mask|_labels].<ext>``."""
+    if not annotations.is_dir():
+        return annotations
+    kinds = [kind] if kind else list(_SUFFIXES)
+    for k in kinds:
+        for tag in ("", "_mask", "_labels", "_annotations"):
+            for suffix in _SUFFIXES[k]:
+                candidate = annotations / f"{slide_path.stem}{tag}{suffix}"
+                if candidate.is_file():
+                    return candidate
+    raise PathouccError(f"no annotation file for {slide_path.name} (looked for {slide_path.stem}[_mask].<ext>)",
+                        annotations)

@@ -1,0 +1,122 @@
+"""Tissue detection on a low-resolution thumbnail: Otsu on HSV saturation, then morphological clean-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from pathoucc.errors import PathouccError
+from pathoucc.io import atomic_path
+from pathoucc.slides.reader import Slide
+
+__all__ = ["TissueMask", "detect_tissue", "otsu_threshold", "save_mask_png", "tissue_fraction", "tissue_fractions"]
+
+
+@dataclass
+class TissueMask:
+    """Boolean tissue mask ``mask`` (h, w) of a slide; ``downsample`` = (sx, sy) level-0 pixels per mask pixel."""
+
+    mask: np.ndarray
+    downsample: tuple[float, float]
+    threshold: float = float("nan")
+    _integral: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    @property
+    def fraction(self) -> float:
+        """Fraction of the slide covered by tissue."""
+        return float(self.mask.mean())
+
+
+def detect_tissue(slide: Slide, *, max_size: int = 2048, min_saturation: float = 0.05, smooth: int = 5,
+                  close: int = 2, min_area: float = 1e-4) -> TissueMask:
+    """Find tissue on a thumbnail whose longer side is at most ``max_size`` px.
+
+    Saturation (0..1) is median-filtered over ``smooth`` px and thresholded at ``max(otsu, min_saturation)``;
+    the mask is closed and opened with a ``close``-px disk, its holes filled and fragments smaller than
+    ``min_area`` of the thumbnail dropped. Raises :class:`PathouccError` if no tissue is found.
+    """
+    rgb = slide.thumbnail(max_size)
+    h, w = rgb.shape[:2]
+    sat = saturation(rgb)
+    if smooth > 1:
+        sat = ndimage.median_filter(sat, size=smooth, mode="nearest")
+    threshold = max(otsu_threshold(sat), min_saturation) if sat.max() > min_saturation else np.inf
+    mask = sat > threshold
+    if close > 0 and mask.any():
+        disk = _disk(close)
+        pad = close + 1
+        mask = ndimage.binary_closing(np.pad(mask, pad), structure=disk)[pad:-pad, pad:-pad]
+        mask = ndimage.binary_opening(mask, structure=disk)
+    mask = ndimage.binary_fill_holes(mask)
+    labels, n = ndimage.label(mask)
+    if n:
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)
+        keep = sizes >= max(1.0, min_area * h * w)
+        keep[0] = False
+        mask = keep[labels]
+    if not mask.any():
+        raise PathouccError("no tissue found (the slide looks blank: saturation never exceeds "
+                            f"{min_saturation:g}); check the file or lower --tissue-threshold to 0", slide.path)
+    W, H = slide.dimensions
+    return TissueMask(mask, (W / w, H / h), float(threshold))
+
+
+def saturation(rgb: np.ndarray) -> np.ndarray:
+    """HSV saturation in [0, 1] of an (h, w, 3) uint8 image, as float32."""
+    rgb = rgb.astype(np.float32)
+    mx, mn = rgb.max(axis=2), rgb.min(axis=2)
+    return np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0.0).astype(np.float32)
+
+
+def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
+    """Otsu's threshold of ``values`` in [0, 1] (maximises the between-class variance of a 256-bin histogram)."""
+    hist, edges = np.histogram(values, bins=bins, range=(0.0, 1.0))
+    hist = hist.astype(np.float64)
+    centers = 0.5 * (edges[:-1] + edges[1:])
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centers)
+    mu0 = m0 / np.maximum(w0, 1)
+    mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
+    between = w0 * w1 * (mu0 - mu1) ** 2
+    return float(edges[int(np.argmax(between)) + 1])
+
+
+def tissue_fractions(tissue: TissueMask, boxes: np.ndarray) -> np.ndarray:
+    """Tissue fraction of each level-0 box ``(x, y, w, h)`` in ``boxes`` (N, 4) -> (N,) float64 in [0, 1]."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    mask = tissue.mask
+    sx, sy = tissue.downsample
+    if tissue._integral is None or tissue._integral.shape != (mask.shape[0] + 1, mask.shape[1] + 1):
+        tissue._integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
+        tissue._integral[1:, 1:] = mask.cumsum(0).cumsum(1)
+    integral = tissue._integral
+    x0 = np.clip(np.floor(boxes[:, 0] / sx), 0, mask.shape[1]).astype(np.int64)
+    y0 = np.clip(np.floor(boxes[:, 1] / sy), 0, mask.shape[0]).astype(np.int64)
+    x1 = np.clip(np.ceil((boxes[:, 0] + boxes[:, 2]) / sx), 0, mask.shape[1]).astype(np.int64)
+    y1 = np.clip(np.ceil((boxes[:, 1] + boxes[:, 3]) / sy), 0, mask.shape[0]).astype(np.int64)
+    area = (x1 - x0) * (y1 - y0)
+    inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    return np.where(area > 0, inside / np.maximum(area, 1), 0.0)
+
+
+def tissue_fraction(tissue: TissueMask, box: tuple[float, float, float, float]) -> float:
+    """Tissue fraction of one level-0 box ``(x, y, w, h)``."""
+    return float(tissue_fractions(tissue, np.asarray([box]))[0])
+
+
+def save_mask_png(mask: np.ndarray, path: str | Path) -> Path:
+    """Save a boolean mask as an 8-bit PNG (255 = tissue), atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        Image.fromarray(np.where(mask, 255, 0).astype(np.uint8)).save(tmp, format="PNG")
+    return path
+
+
+def _disk(radius: int) -> np.ndarray:
+    yy, xx = np.mgrid[-radius:radius + 1, -radius:radius + 1]
+    return xx**2 + yy**2 <= radius**2
