@@ -46,6 +46,54 @@ def evaluate(
     evaluate_run(run, split=split)
 
 
+@app.command()
+def tile(
+    slides: Annotated[list[Path], typer.Argument(help="Slide files (SVS, tiled TIFF, NDPI, ..., PNG/JPEG)")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder: <stem>.h5 and <stem>_tissue.png per slide")],
+    patch_size: Annotated[int, typer.Option(help="Patch side in output-level pixels")] = 224,
+    stride: Annotated[int | None, typer.Option(help="Grid step in output-level pixels (default: patch size)")] = None,
+    level: Annotated[int | None, typer.Option(help="Pyramid level to read")] = None,
+    magnification: Annotated[float | None, typer.Option(help="Objective magnification, e.g. 20")] = None,
+    mpp: Annotated[float | None, typer.Option(help="Microns per output pixel, e.g. 0.5")] = None,
+    downsample: Annotated[float | None, typer.Option(help="Level-0 pixels per output pixel")] = None,
+    tissue_threshold: Annotated[float, typer.Option(help="Minimum tissue fraction of a kept patch")] = 0.5,
+    region_size: Annotated[int, typer.Option(help="Region (bag) side in output pixels, with --mask/--geojson")] = 512,
+    mask: Annotated[Path | None, typer.Option(help="Label-mask image (or folder of <stem>.png masks)")] = None,
+    geojson: Annotated[Path | None, typer.Option(help="QuPath GeoJSON (or folder of <stem>.geojson)")] = None,
+    regions_csv: Annotated[Path | None, typer.Option(help="CSV of regions: slide,x,y,width,height,ucc")] = None,
+    classes: Annotated[str | None, typer.Option(help="Class names in index order, comma-separated: a,b,c")] = None,
+    zero_is_background: Annotated[bool, typer.Option(help="Mask value 0 = unlabelled, v = class v-1")] = True,
+    workers: Annotated[int | None, typer.Option(help="Reader threads (default: min(4, CPUs))")] = None,
+    compression: Annotated[str, typer.Option(help="Patch compression: gzip, lzf or none")] = "gzip",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Re-tile slides whose output exists")] = False,
+) -> None:
+    """Cut slides into tissue patches (one HDF5 per slide), with patch labels and region counts if annotated."""
+    from pathoucc.slides.tiler import tile_slides
+
+    given = [(k, v) for k, v in (("mask", mask), ("geojson", geojson), ("csv", regions_csv)) if v is not None]
+    if len(given) > 1:
+        raise PathouccError("give at most one of --mask, --geojson, --regions-csv")
+    kind, source = given[0] if given else (None, None)
+    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+
+    def report_error(_path: Path, message: str) -> None:
+        typer.echo(f"error: {message}", err=True)
+
+    options = dict(patch_size=patch_size, stride=stride, level=level, magnification=magnification, mpp=mpp,
+                   downsample=downsample, tissue_threshold=tissue_threshold, region_size=region_size,
+                   classes=names, zero_is_background=zero_is_background, workers=workers,
+                   compression=compression, overwrite=overwrite, progress=sys.stderr.isatty())
+    single = len(slides) == 1  # a single slide's error is the command's error (exit 2)
+    report = tile_slides(slides, out, annotations=source, annotation_kind=kind,
+                         on_error=None if single else report_error, **options)
+    if single and report.failed:
+        raise PathouccError(report.failed[0][1])
+    typer.echo(f"tiled {len(report.written)}, skipped {len(report.skipped)} (already done), "
+               f"failed {len(report.failed)} -> {out}")
+    if report.failed:
+        raise SystemExit(1)
+
+
 def main() -> None:
     """Entry point of the ``pathoucc`` console script."""
     debug = "--debug" in sys.argv[1:]

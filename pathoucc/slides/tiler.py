@@ -125,7 +125,8 @@ def _tile(slide_path, out_dir, *, patch_size=224, stride=None, level=None, magni
     h5_path, png_path = output_paths(slide_path, out_dir)
     with open_slide(slide_path) as slide:
         choice = pick_level(slide, magnification=magnification, mpp=mpp, level=level, downsample=downsample)
-        if h5_path.exists() and not overwrite and _is_done(h5_path, choice, patch_size, stride):
+        if h5_path.exists() and not overwrite and _is_done(h5_path, choice, patch_size, stride,
+                                                           annotations is not None):
             return h5_path, False
         ensure_writable_dir(out_dir)
         tissue = _tissue(slide, tissue_threshold)
@@ -138,16 +139,16 @@ def _tile(slide_path, out_dir, *, patch_size=224, stride=None, level=None, magni
     return h5_path, True
 
 
-def _is_done(h5_path: Path, choice: LevelChoice, patch_size: int, stride: int) -> bool:
+def _is_done(h5_path: Path, choice: LevelChoice, patch_size: int, stride: int, annotated: bool) -> bool:
     try:
         done = open_tiles(h5_path)
     except PathouccError:
         return False  # unreadable or incomplete: tile again
-    have = (done.patch_size, done.stride, done.patch_level, round(done.downsample, 3))
-    want = (patch_size, stride, choice.level, round(choice.downsample, 3))
+    have = (done.patch_size, done.stride, done.patch_level, round(done.downsample, 3), done.region is not None)
+    want = (patch_size, stride, choice.level, round(choice.downsample, 3), annotated)
     if have != want:
-        raise PathouccError(f"already holds tiles with patch_size, stride, level, downsample = {have}, not {want}; "
-                            "use --overwrite or another output folder", h5_path)
+        raise PathouccError(f"already holds tiles with (patch size, stride, level, downsample, annotated) = {have}, "
+                            f"not {want}; use --overwrite or another output folder", h5_path)
     return True
 
 
