@@ -117,8 +117,9 @@ def open_slide(path: str | Path) -> Slide:
     except Image.DecompressionBombError:
         raise PathouccError("plain image is too large to load whole; convert it to a tiled pyramidal TIFF",
                             path) from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        reason = "truncated or corrupt" if isinstance(exc, OSError) and "truncated" in str(exc) else \
+    except (OSError, ValueError, SyntaxError):
+        kind = _image_magic(path)
+        reason = f"{kind} file is truncated or corrupt (neither OpenSlide nor Pillow can read it)" if kind else \
             "not a slide or image format that OpenSlide or Pillow can read"
         raise PathouccError(reason, path) from None
     fmt = (image.format or "image").lower()
@@ -186,6 +187,20 @@ def pick_level(slide: Slide, magnification: float | None = None, mpp: float | No
     if abs(scale - 1) <= _LEVEL_TOLERANCE:
         return LevelChoice(best, downsamples[best], 1.0)
     return LevelChoice(best, target, scale)
+
+
+_MAGIC = {b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"II+\x00": "BigTIFF", b"MM\x00+": "BigTIFF",
+          b"\x89PNG": "PNG", b"\xff\xd8\xff": "JPEG"}
+
+
+def _image_magic(path: Path) -> str | None:
+    """The image type announced by the first bytes of ``path`` (None if unknown)."""
+    try:
+        with path.open("rb") as f:
+            head = f.read(4)
+    except OSError:
+        return None
+    return next((kind for magic, kind in _MAGIC.items() if head.startswith(magic)), None)
 
 
 def _float_or_none(value: str | None) -> float | None:

@@ -83,7 +83,8 @@ def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
     mu0 = m0 / np.maximum(w0, 1)
     mu1 = (m0[-1] - m0) / np.maximum(w1, 1)
     between = w0 * w1 * (mu0 - mu1) ** 2
-    return float(edges[int(np.argmax(between)) + 1])
+    best = np.flatnonzero(between >= between.max() * (1 - 1e-9))  # a plateau over empty bins: take its middle
+    return float(edges[int(best[len(best) // 2]) + 1])
 
 
 def tissue_fractions(tissue: TissueMask, boxes: np.ndarray) -> np.ndarray:

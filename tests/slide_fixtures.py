@@ -1,0 +1,62 @@
+"""Small slides for the slide and tiling tests (digit slides from scikit-learn digits, real H&E in a TIFF)."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+HE_IMAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "he_tile_1000.png"
+sys.path.insert(0, str(ROOT / "tools"))
+
+from make_digit_slide import make_digit_slide  # noqa: E402
+
+from pathoucc.slides.pyramid import write_array_pyramid  # noqa: E402
+
+CELL = 32
+REGION_CELLS = 8
+GRID = (16, 16)  # 2 x 2 regions of 8 x 8 digits, one region of white margin: 1024 x 1024 px at level 0
+MARGIN = REGION_CELLS * CELL
+
+
+@pytest.fixture(scope="module")
+def digit_slide(tmp_path_factory) -> dict:
+    """A 1024 x 1024 px digit slide: paths and the generator's ground truth (cell classes, region ucc)."""
+    folder = tmp_path_factory.mktemp("digits")
+    slide, mask = make_digit_slide(folder / "digits.tif", grid=GRID, cell=CELL, region_cells=REGION_CELLS,
+                                   source="digits", seed=3, mpp=0.5)
+    cells = np.asarray(Image.open(mask)).astype(np.int64)[MARGIN::CELL, MARGIN::CELL][:GRID[0], :GRID[1]] - 1
+    with (folder / "digits_regions.csv").open() as f:
+        regions = [{k: (v if k == "slide" else int(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+    return {"slide": slide, "mask": mask, "csv": folder / "digits_regions.csv", "cells": cells, "regions": regions,
+            "folder": folder}
+
+
+def cell_class(cells: np.ndarray, x: int, y: int) -> int:
+    """Ground-truth class of the cell whose level-0 top-left is (x, y) (-1 in the margin)."""
+    r, c = (y - MARGIN) // CELL, (x - MARGIN) // CELL
+    inside = 0 <= r < cells.shape[0] and 0 <= c < cells.shape[1]
+    return int(cells[r, c]) if inside else -1
+
+
+def he_slide(folder: Path, border: tuple[int, int] = (200, 300)) -> Path:
+    """The real H&E crop inside a white border, written as a pyramidal TIFF (mpp 0.25). Skips if absent."""
+    if not HE_IMAGE.is_file():
+        pytest.skip(f"{HE_IMAGE} not available")
+    he = np.asarray(Image.open(HE_IMAGE).convert("RGB"))
+    by, bx = border
+    canvas = np.full((he.shape[0] + 2 * by, he.shape[1] + 2 * bx, 3), 255, np.uint8)
+    canvas[by:by + he.shape[0], bx:bx + he.shape[1]] = he
+    return write_array_pyramid(folder / "he.tif", canvas, mpp=0.25)
+
+
+def blank_slide(folder: Path, name: str = "blank.tif") -> Path:
+    """A white slide with faint grey noise and no tissue."""
+    rng = np.random.default_rng(0)
+    pixels = (248 + rng.integers(-3, 4, size=(600, 800, 1))).repeat(3, axis=2).astype(np.uint8)
+    return write_array_pyramid(folder / name, pixels)
