@@ -94,6 +94,23 @@ def tile(
         raise SystemExit(1)
 
 
+@app.command()
+def baseline(
+    config: Annotated[Path, typer.Argument(help="YAML config whose data to cluster")],
+    split: Annotated[str, typer.Option(help="test or val")] = "test",
+    out: Annotated[Path | None, typer.Option("--out", help="Write the scores to this JSON file")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: a.b=value")] = None,
+) -> None:
+    """The reference baseline: k-means directly on the raw pixels of the held-out instances."""
+    from pathoucc.config import load_config
+    from pathoucc.evaluate import evaluate_raw_pixels
+    from pathoucc.io import write_json
+
+    result = evaluate_raw_pixels(load_config(config, set_ or []), split=split)
+    if out is not None:
+        write_json(out, result)
+
+
 def main() -> None:
     """Entry point of the ``pathoucc`` console script."""
     debug = "--debug" in sys.argv[1:]
@@ -121,6 +138,7 @@ def main() -> None:
             raise
         typer.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
         sys.exit(1)
+    sys.exit(0)
 
 
 if __name__ == "__main__":

@@ -54,6 +54,7 @@ class ModelConfig(_Section):
     input_size: int = Field(28, ge=8)
     pretrained_file: str | None = None
     num_features: int = Field(10, ge=1)
+    feature_norm: bool = False
     num_bins: int = Field(11, ge=2)
     sigma: float = Field(0.1, gt=0)
     mlp: list[int] = Field(default_factory=lambda: [384, 192])

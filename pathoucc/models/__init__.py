@@ -7,12 +7,12 @@ from pathoucc.models.backbones import ConvDecoder, ConvEncoder, ResidualEncoder,
 from pathoucc.models.kde import KDE
 from pathoucc.models.ucc import UCCModel
 
-__all__ = ["KDE", "UCCModel", "create_encoder", "create_model", "BUILTIN_BACKBONES"]
+__all__ = ["BUILTIN_BACKBONES", "KDE", "UCCModel", "create_encoder", "create_model"]
 
 BUILTIN_BACKBONES = ("conv", "resnet")
 
 
-def create_encoder(cfg: ModelConfig):  # noqa: ANN201
+def create_encoder(cfg: ModelConfig):
     """``conv`` (fast plain CNN), ``resnet`` (the paper's wide-residual encoder) or any timm model name."""
     if cfg.backbone == "conv":
         return ConvEncoder(cfg.in_chans, tuple(cfg.widths), cfg.input_size, cfg.blocks_per_stage)
@@ -28,4 +28,5 @@ def create_model(cfg: ModelConfig, num_ucc: int) -> UCCModel:
     if cfg.decoder:
         decoder = ConvDecoder(cfg.num_features, cfg.in_chans, cfg.input_size, tuple(cfg.decoder_widths),
                               cfg.decoder_residual)
-    return UCCModel(encoder, cfg.num_features, KDE(cfg.num_bins, cfg.sigma), list(cfg.mlp), num_ucc, decoder)
+    return UCCModel(encoder, cfg.num_features, KDE(cfg.num_bins, cfg.sigma), list(cfg.mlp), num_ucc, decoder,
+                    cfg.feature_norm)

@@ -114,7 +114,7 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is a user error
+    except Exception as exc:
         raise PathouccError(f"cannot read weights ({type(exc).__name__}: {exc})".splitlines()[0], path) from None
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}

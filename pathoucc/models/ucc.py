@@ -25,13 +25,17 @@ class UCCModel(nn.Module):
         Number of ucc classes predicted (ucc_max - ucc_min + 1).
     decoder : nn.Module or None
         Reconstructs instances from their features (autoencoder branch).
+    feature_norm : bool
+        Batch-normalise the feature logits before the sigmoid.
     """
 
     def __init__(self, encoder: nn.Module, num_features: int, kde: KDE, mlp: list[int], num_ucc: int,
-                 decoder: nn.Module | None = None) -> None:
+                 decoder: nn.Module | None = None, feature_norm: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.num_features, num_features)
+        # batch-normalised logits keep the features spread over [0, 1] (the KDE's range) from the start
+        self.head_norm = nn.BatchNorm1d(num_features) if feature_norm else nn.Identity()
         self.kde = kde
         layers: list[nn.Module] = []
         width = num_features * kde.num_bins
@@ -45,7 +49,7 @@ class UCCModel(nn.Module):
 
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         """Instances ``(M, C, H, W)`` -> features ``(M, J)`` in [0, 1]."""
-        return torch.sigmoid(self.head(self.encoder(x)))
+        return torch.sigmoid(self.head_norm(self.head(self.encoder(x))))
 
     def forward(self, bags: torch.Tensor) -> dict[str, torch.Tensor]:
         """Bags ``(B, N, C, H, W)`` -> ``logits (B, num_ucc)``, ``features (B, N, J)``, ``recon (B·N, C, H, W)``."""

@@ -1,0 +1,124 @@
+"""IDX reading/writing, the MNIST cache, and the bag samplers."""
+
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pathoucc.data.bags import BagSampler, RegionBagSampler
+from pathoucc.data.idx import read_idx, read_idx_folder, write_idx
+from pathoucc.data.mnist import _NumpyOnlyUnpickler, load_mnist
+from pathoucc.errors import PathouccError
+
+
+@pytest.mark.parametrize("name", ["a-idx3-ubyte", "a-idx3-ubyte.gz"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.int32, np.float32])
+def test_idx_round_trip(tmp_path: Path, name: str, dtype: type) -> None:
+    array = (np.arange(2 * 3 * 4) * 3).reshape(2, 3, 4).astype(dtype)
+    write_idx(tmp_path / name, array)
+    back = read_idx(tmp_path / name)
+    assert back.dtype == np.dtype(dtype) and back.shape == (2, 3, 4)
+    np.testing.assert_array_equal(back, array)
+
+
+def test_idx_matches_the_published_byte_layout(tmp_path: Path) -> None:
+    # magic 0x00000801 (ubyte, 1 dim), 3 items: the labels file header of MNIST
+    (tmp_path / "x-labels-idx1-ubyte").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 2, 1]))
+    np.testing.assert_array_equal(read_idx(tmp_path / "x-labels-idx1-ubyte"), [7, 2, 1])
+
+
+def test_idx_rejects_bad_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad-idx1-ubyte"
+    bad.write_bytes(b"hello world")
+    with pytest.raises(PathouccError, match="bad magic"):
+        read_idx(bad)
+    short = tmp_path / "short-idx1-ubyte"
+    short.write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 5, 1, 2]))
+    with pytest.raises(PathouccError, match="payload"):
+        read_idx(short)
+    broken = tmp_path / "broken-idx1-ubyte.gz"
+    broken.write_bytes(gzip.compress(bytes([0, 0, 8, 1, 0, 0, 0, 3, 7, 2, 1]))[:-6])
+    with pytest.raises(PathouccError, match=r"broken-idx1-ubyte\.gz"):
+        read_idx(broken)
+
+
+def test_idx_folder_pairs_splits(digits_idx: Path) -> None:
+    splits = read_idx_folder(digits_idx)
+    assert set(splits) == {"train", "test"}
+    assert splits["train"][0].shape == (1497, 8, 8) and splits["test"][1].shape == (300,)
+
+
+def test_idx_folder_missing_labels(tmp_path: Path) -> None:
+    write_idx(tmp_path / "train-images-idx3-ubyte", np.zeros((2, 4, 4), np.uint8))
+    with pytest.raises(PathouccError, match="no labels file"):
+        read_idx_folder(tmp_path)
+
+
+def test_mnist_cache_is_used_without_network(tmp_path: Path) -> None:
+    folder = tmp_path / "mnist"
+    rng = np.random.default_rng(0)
+    write_idx(folder / "train-images-idx3-ubyte", rng.integers(0, 255, (60_010, 2, 2), dtype=np.uint8))
+    write_idx(folder / "train-labels-idx1-ubyte", rng.integers(0, 10, 60_010).astype(np.uint8))
+    write_idx(folder / "t10k-images-idx3-ubyte", np.zeros((5, 2, 2), np.uint8))
+    write_idx(folder / "t10k-labels-idx1-ubyte", np.arange(5, dtype=np.uint8))
+    splits = load_mnist(tmp_path, download=False)
+    assert [len(splits[s][0]) for s in ("train", "val", "test")] == [50_010, 10_000, 5]
+
+
+def test_mnist_absent_without_download_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PathouccError, match="not cached"):
+        load_mnist(tmp_path, download=False)
+
+
+def test_numpy_only_unpickler_refuses_code() -> None:
+    import io
+    import pickle
+
+    payload = pickle.dumps(print)  # a global that is not a numpy array constructor
+    with pytest.raises(pickle.UnpicklingError, match="forbidden"):
+        _NumpyOnlyUnpickler(io.BytesIO(payload)).load()
+    arr = np.arange(6, dtype=np.float32).reshape(2, 3)
+    np.testing.assert_array_equal(_NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(arr))).load(), arr)
+
+
+def test_bag_sampler_counts_are_exact_and_balanced(digits) -> None:
+    _, labels = digits
+    sampler = BagSampler(labels, bag_size=16, ucc_min=1, ucc_max=4, seed=0)
+    indices, ucc = sampler.sample(400)
+    assert indices.shape == (400, 16)
+    for bag, u in zip(indices, ucc, strict=True):
+        assert len(np.unique(labels[bag])) == u
+        assert len(np.unique(bag)) == 16  # no instance twice in a bag
+    assert np.bincount(ucc, minlength=5)[1:].tolist() == [100, 100, 100, 100]
+
+
+def test_bag_sampler_is_reproducible_and_resumable(digits) -> None:
+    _, labels = digits
+    a, b = BagSampler(labels, 8, 1, 3, seed=5), BagSampler(labels, 8, 1, 3, seed=5)
+    a.sample(7)
+    state = a.state_dict()
+    first = a.sample(5)
+    b.load_state_dict(state)
+    second = b.sample(5)
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    assert not np.array_equal(BagSampler(labels, 8, 1, 3, seed=6).sample(5)[0], BagSampler(labels, 8, 1, 3, 5).sample(5)[0])
+
+
+def test_bag_sampler_validates() -> None:
+    with pytest.raises(ValueError, match="only 2 classes"):
+        BagSampler(np.array([0, 1, 0, 1]), 4, 1, 3)
+
+
+def test_region_sampler_uses_the_regions() -> None:
+    bag_index = np.array([0, 0, 0, 1, 1, 2, 2, 2, -1])
+    bag_ucc = np.array([1, 2, 5])  # region 2 is outside [1, 4] and never used
+    sampler = RegionBagSampler(bag_index, bag_ucc, bag_size=4, ucc_min=1, ucc_max=4, seed=0)
+    indices, ucc = sampler.sample(20)
+    for bag, u in zip(indices, ucc, strict=True):
+        region = 0 if u == 1 else 1
+        assert set(bag_index[bag]) == {region}
+    assert set(ucc) == {1, 2}

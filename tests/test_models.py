@@ -1,0 +1,74 @@
+"""The KDE layer, the UCC model and the model factory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pathoucc.config import ModelConfig
+from pathoucc.models import KDE, create_model
+
+
+def test_kde_matches_a_direct_computation() -> None:
+    torch.manual_seed(0)
+    features = torch.rand(3, 5, 2)
+    kde = KDE(num_bins=11, sigma=0.1)
+    out = kde(features).view(3, 2, 11)
+    bins = torch.linspace(0, 1, 11)
+    for b in range(3):
+        for j in range(2):
+            dens = torch.stack([torch.exp(-((features[b, :, j] - v) ** 2) / (2 * 0.01)).mean() for v in bins])
+            torch.testing.assert_close(out[b, j], dens / dens.sum())
+
+
+def test_kde_separates_tight_from_spread_bags() -> None:
+    kde = KDE(11, 0.1)
+    tight = kde(torch.full((1, 8, 1), 0.5))
+    spread = kde(torch.linspace(0, 1, 8).view(1, 8, 1))
+    assert tight.argmax() == 5 and tight.max() > 2 * spread.max()
+
+
+def test_kde_gradients_flow() -> None:
+    features = torch.rand(2, 4, 3, requires_grad=True)
+    KDE()(features)[:, 0].sum().backward()
+    assert features.grad is not None and features.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("backbone", ["conv", "resnet"])
+def test_ucc_model_shapes(backbone: str) -> None:
+    cfg = ModelConfig(backbone=backbone, widths=[4, 8, 16], num_features=6, mlp=[12], decoder_widths=[8, 4])
+    model = create_model(cfg, num_ucc=4).eval()
+    out = model(torch.rand(2, 5, 1, 28, 28))
+    assert out["logits"].shape == (2, 4)
+    assert out["features"].shape == (2, 5, 6)
+    assert out["features"].min() >= 0 and out["features"].max() <= 1
+    assert out["recon"].shape == (10, 1, 28, 28)
+
+
+def test_timm_backbone_rgb() -> None:
+    cfg = ModelConfig(backbone="resnet18", in_chans=3, input_size=32, num_features=8, decoder_widths=[16, 8])
+    model = create_model(cfg, num_ucc=2).eval()
+    out = model(torch.rand(1, 3, 3, 32, 32))
+    assert out["logits"].shape == (1, 2) and out["recon"].shape == (3, 3, 32, 32)
+
+
+def test_timm_local_weights(tmp_path) -> None:
+    import timm
+
+    from pathoucc.errors import PathouccError
+
+    source = timm.create_model("resnet18", num_classes=0)
+    torch.save(source.state_dict(), tmp_path / "w.pth")
+    cfg = ModelConfig(backbone="resnet18", in_chans=3, input_size=32, pretrained_file=str(tmp_path / "w.pth"))
+    model = create_model(cfg, num_ucc=2)
+    torch.testing.assert_close(model.encoder.model.conv1.weight, source.conv1.weight)
+    (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(PathouccError, match=r"bad\.pth"):
+        create_model(cfg.model_copy(update={"pretrained_file": str(tmp_path / "bad.pth")}), 2)
+
+
+def test_unknown_timm_model_is_a_clear_error() -> None:
+    from pathoucc.errors import PathouccError
+
+    with pytest.raises(PathouccError, match="no_such_net"):
+        create_model(ModelConfig(backbone="no_such_net"), 2)

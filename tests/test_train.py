@@ -1,0 +1,116 @@
+"""Training end to end on tiny data: outputs, reproducibility, resume after a kill, evaluation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from pathoucc.config import config_from_dict
+from pathoucc.errors import PathouccError
+from pathoucc.evaluate import evaluate_raw_pixels, evaluate_run, load_run
+from pathoucc.train import CHECKPOINT, Trainer, train_run
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run / "model.pt", weights_only=True)["model"]
+
+
+def test_train_writes_a_complete_run(tmp_path: Path, tiny_config: dict) -> None:
+    run = tmp_path / "run"
+    result = train_run(config_from_dict(tiny_config), run, progress=False)
+    for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "model.pt", "training_curves.png", "metrics.json",
+                 "train.log"):
+        assert (run / name).is_file(), name
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    assert {"ucc_loss", "ucc_acc", "recon_loss", "lr"} <= set(records[0])
+    assert "val_ucc_loss" in records[2] and "val_ucc_acc" in records[5]
+    saved = json.loads((run / "metrics.json").read_text())["test"]
+    assert saved == result and 0 <= result["accuracy"] <= 1 and result["num_instances"] == 300
+    assert not list(run.glob("*.tmp")) and not list(run.glob(".*"))
+
+
+def test_same_seed_same_result(tmp_path: Path, tiny_config: dict) -> None:
+    a = train_run(config_from_dict(tiny_config), tmp_path / "a", progress=False, evaluate=False)
+    b = train_run(config_from_dict(tiny_config), tmp_path / "b", progress=False, evaluate=False)
+    assert a == b == {}
+    for k, v in _weights(tmp_path / "a").items():
+        torch.testing.assert_close(v, _weights(tmp_path / "b")[k], rtol=0, atol=0)
+    tiny_config["seed"] = 4
+    train_run(config_from_dict(tiny_config), tmp_path / "c", progress=False, evaluate=False)
+    assert not torch.equal(_weights(tmp_path / "a")["head.weight"], _weights(tmp_path / "c")["head.weight"])
+
+
+def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, tiny_config: dict, monkeypatch) -> None:
+    cfg = config_from_dict(tiny_config)
+    train_run(cfg, tmp_path / "full", progress=False, evaluate=False)
+
+    original = Trainer.train_step
+
+    def dying_step(self: Trainer) -> dict:
+        if self.step == 5:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        train_run(cfg, tmp_path / "killed", progress=False, evaluate=False)
+    assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)["step"] == 4
+    assert not (tmp_path / "killed" / "model.pt").exists()
+    monkeypatch.setattr(Trainer, "train_step", original)
+
+    with pytest.raises(PathouccError, match="already holds a checkpoint"):
+        train_run(cfg, tmp_path / "killed", progress=False, evaluate=False)
+    train_run(cfg, tmp_path / "killed", resume=True, progress=False, evaluate=False)
+    for k, v in _weights(tmp_path / "full").items():
+        torch.testing.assert_close(v, _weights(tmp_path / "killed")[k], rtol=0, atol=0)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-2:] == [5, 6]
+
+
+def test_resume_needs_a_checkpoint(tmp_path: Path, tiny_config: dict) -> None:
+    with pytest.raises(PathouccError, match="no checkpoint to resume from"):
+        train_run(config_from_dict(tiny_config), tmp_path / "new", resume=True)
+
+
+def test_corrupt_checkpoint_is_reported(tmp_path: Path, tiny_config: dict) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / CHECKPOINT).write_bytes(b"\x00garbage")
+    with pytest.raises(PathouccError, match=r"checkpoint\.pt: corrupt"):
+        train_run(config_from_dict(tiny_config), run, resume=True)
+
+
+def test_time_budget_stops_training(tmp_path: Path, tiny_config: dict) -> None:
+    tiny_config["train"] |= {"steps": 100_000, "max_minutes": 0.001}
+    train_run(config_from_dict(tiny_config), tmp_path / "run", progress=False, evaluate=False)
+    assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["step"] < 100
+
+
+def test_evaluate_run_and_raw_pixel_baseline(tmp_path: Path, tiny_config: dict) -> None:
+    cfg = config_from_dict(tiny_config)
+    train_run(cfg, tmp_path / "run", progress=False, evaluate=False)
+    val = evaluate_run(tmp_path / "run", split="val", show=False)
+    assert val["split"] == "val" and val["num_instances"] == 299
+    raw = evaluate_raw_pixels(cfg, show=False)
+    # k-means on the raw 8×8 digits is a strong baseline on this tiny set: well above chance
+    assert raw["accuracy"] > 0.5 and raw["method"] == "kmeans-raw-pixels"
+    _, model = load_run(tmp_path / "run")
+    assert not model.training
+
+
+def test_wrong_input_shape_is_reported(tmp_path: Path, tiny_config: dict) -> None:
+    tiny_config["model"]["input_size"] = 28
+    with pytest.raises(PathouccError, match=r"model expects 1×28×28 instances, data has 1×8×8"):
+        train_run(config_from_dict(tiny_config), tmp_path / "run")
+
+
+def test_augmentations_from_the_config(tmp_path: Path, tiny_config: dict) -> None:
+    tiny_config["data"]["augment"] = [{"name": "HorizontalFlip", "p": 0.5}]
+    train_run(config_from_dict(tiny_config), tmp_path / "run", progress=False, evaluate=False)
+    tiny_config["data"]["augment"] = [{"name": "NoSuchTransform"}]
+    with pytest.raises(PathouccError, match="NoSuchTransform"):
+        train_run(config_from_dict(tiny_config), tmp_path / "run2", progress=False)
