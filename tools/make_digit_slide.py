@@ -133,11 +133,13 @@ class _Renderer:
             out = np.zeros((len(picks), cs, cs), np.float32)
             out[:, self.off:self.off + DIGIT, self.off:self.off + DIGIT] = self.images[picks] / 255.0
             return out
-        if ds not in self._tables:
-            table = np.zeros((len(self.images), self.cell, self.cell), np.uint8)
-            table[:, self.off:self.off + DIGIT, self.off:self.off + DIGIT] = self.images
-            reduced = table.reshape(len(table), cs, ds, cs, ds).mean(axis=(2, 4), dtype=np.float32)
-            self._tables[ds] = np.rint(reduced).astype(np.uint8)
+        if ds not in self._tables:  # every training image at this downsample, built 4096 images at a time
+            table = np.empty((len(self.images), cs, cs), np.uint8)
+            for a in range(0, len(self.images), 4096):
+                padded = np.zeros((len(self.images[a:a + 4096]), self.cell, self.cell), np.float32)
+                padded[:, self.off:self.off + DIGIT, self.off:self.off + DIGIT] = self.images[a:a + 4096]
+                table[a:a + 4096] = np.rint(padded.reshape(-1, cs, ds, cs, ds).mean(axis=(2, 4)))
+            self._tables[ds] = table
         return self._tables[ds][picks] / np.float32(255.0)
 
     def _fine(self, ds: int, x: int, y: int, w: int, h: int) -> np.ndarray:

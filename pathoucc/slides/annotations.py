@@ -208,18 +208,12 @@ def patch_labels(raster: LabelRaster, coords: np.ndarray, extent: float, min_cov
 
     A patch whose labelled pixels cover less than ``min_coverage`` of it gets -1. Returns (N,) int64.
     """
-    coords = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    coords = np.asarray(coords).reshape(-1, 2)
     h, w = raster.labels.shape
-    sx, sy = raster.downsample
-    x0 = np.clip(np.floor(coords[:, 0] / sx + 1e-6), 0, w).astype(np.int64)
-    y0 = np.clip(np.floor(coords[:, 1] / sy + 1e-6), 0, h).astype(np.int64)
-    x1 = np.clip(np.ceil((coords[:, 0] + extent) / sx - 1e-6), 0, w).astype(np.int64)
-    y1 = np.clip(np.ceil((coords[:, 1] + extent) / sy - 1e-6), 0, h).astype(np.int64)
-    x1, y1 = np.maximum(x1, np.minimum(x0 + 1, w)), np.maximum(y1, np.minimum(y0 + 1, h))
-    area = np.maximum((x1 - x0) * (y1 - y0), 1)
-    best = np.full(len(coords), -1, np.int64)
-    best_count = np.zeros(len(coords), np.int64)
-    labelled = np.zeros(len(coords), np.int64)
+    n = len(coords)
+    best = np.full(n, -1, np.int64)
+    best_count = np.zeros(n, np.int32)
+    labelled = np.zeros(n, np.int32)
     integral = np.zeros((h + 1, w + 1), np.int32)
     for c in range(len(raster.class_names)):
         hit = raster.labels == c
@@ -227,12 +221,32 @@ def patch_labels(raster: LabelRaster, coords: np.ndarray, extent: float, min_cov
             continue
         np.cumsum(hit, axis=0, out=integral[1:, 1:])
         np.cumsum(integral[1:, 1:], axis=1, out=integral[1:, 1:])
-        count = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-        labelled += count
-        better = count > best_count
-        best[better], best_count[better] = c, count[better]
-    best[labelled < min_coverage * area] = -1
+        for a in range(0, n, 1 << 18):  # chunks keep the temporaries small for millions of patches
+            chunk = coords[a:a + (1 << 18)]
+            x0, y0, x1, y1 = _raster_boxes(chunk, extent, raster)
+            count = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+            labelled[a:a + len(chunk)] += count
+            better = count > best_count[a:a + len(chunk)]
+            best[a:a + len(chunk)][better] = c
+            best_count[a:a + len(chunk)][better] = count[better]
+    for a in range(0, n, 1 << 18):
+        chunk = coords[a:a + (1 << 18)]
+        x0, y0, x1, y1 = _raster_boxes(chunk, extent, raster)
+        area = np.maximum((x1 - x0) * (y1 - y0), 1)
+        best[a:a + len(chunk)][labelled[a:a + len(chunk)] < min_coverage * area] = -1
     return best
+
+
+def _raster_boxes(coords: np.ndarray, extent: float, raster: LabelRaster) -> tuple[np.ndarray, ...]:
+    """Raster-pixel bounds x0, y0, x1, y1 (int64, at least one pixel unless outside) of level-0 patch boxes."""
+    h, w = raster.labels.shape
+    sx, sy = raster.downsample
+    coords = coords.astype(np.float64)
+    x0 = np.clip(np.floor(coords[:, 0] / sx + 1e-6), 0, w).astype(np.int64)
+    y0 = np.clip(np.floor(coords[:, 1] / sy + 1e-6), 0, h).astype(np.int64)
+    x1 = np.clip(np.ceil((coords[:, 0] + extent) / sx - 1e-6), 0, w).astype(np.int64)
+    y1 = np.clip(np.ceil((coords[:, 1] + extent) / sy - 1e-6), 0, h).astype(np.int64)
+    return x0, y0, np.maximum(x1, np.minimum(x0 + 1, w)), np.maximum(y1, np.minimum(y0 + 1, h))
 
 
 def grid_regions(positions: np.ndarray, patch_size: int, region_size: int, downsample: float,

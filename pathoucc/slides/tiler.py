@@ -163,7 +163,7 @@ def _tissue(slide: Slide, threshold: float) -> TissueMask:
 
 @dataclass
 class _Grid:
-    positions: np.ndarray  # (N, 2) int64 output-level (x, y) of patch top-lefts, in block order
+    positions: np.ndarray  # (N, 2) int32 output-level (x, y) of patch top-lefts, in block order
     coords: np.ndarray  # (N, 2) int64 level-0 (x, y)
     blocks: list[tuple[int, int, int, int, int, int]]  # (start, stop, bx, by, bw, bh) in output pixels
     size: tuple[int, int]  # output-level (W, H)
@@ -181,30 +181,34 @@ def _grid(slide: Slide, choice: LevelChoice, patch_size: int, stride: int, tissu
     ys = np.arange(0, h_out - patch_size + 1, stride, dtype=np.int64)
     per_block = max(1, BLOCK_PIXELS // stride)
     extent = patch_size * ds
-    kept_rows = []
-    for j, y in enumerate(ys):  # one grid row at a time keeps the temporaries small
-        boxes = np.stack([np.rint(xs * ds), np.full_like(xs, round(y * ds)), np.full(len(xs), extent),
-                          np.full(len(xs), extent)], axis=1)
-        keep = xs[tissue_fractions(tissue, boxes) >= threshold] if threshold > 0 else xs
-        if len(keep):
-            kept_rows.append(np.stack([keep, np.full_like(keep, y), keep // stride // per_block,
-                                       np.full_like(keep, j // per_block)], axis=1))
-    if not kept_rows:
+    span = (per_block - 1) * stride + patch_size
+    parts, blocks, count = [], [], 0
+    for jb in range(0, len(ys), per_block):  # one row of blocks at a time keeps the temporaries small
+        row = []
+        for y in ys[jb:jb + per_block]:
+            boxes = np.stack([np.rint(xs * ds), np.full(len(xs), np.rint(y * ds)), np.full(len(xs), extent),
+                              np.full(len(xs), extent)], axis=1)
+            keep = xs[tissue_fractions(tissue, boxes) >= threshold] if threshold > 0 else xs
+            row.append(np.stack([keep, np.full_like(keep, y)], axis=1))
+        found = np.concatenate(row)
+        if not len(found):
+            continue
+        block_col = found[:, 0] // stride // per_block
+        found = found[np.lexsort((found[:, 0], found[:, 1], block_col))]  # block column, then y, then x
+        block_col = found[:, 0] // stride // per_block
+        starts = np.flatnonzero(np.r_[True, block_col[1:] != block_col[:-1]])
+        stops = np.r_[starts[1:], len(found)]
+        by = int(ys[jb])
+        for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
+            bx = int(block_col[a]) * per_block * stride
+            blocks.append((count + a, count + b, bx, by, min(span, w_out - bx), min(span, h_out - by)))
+        parts.append(found.astype(np.int32))
+        count += len(found)
+    if not parts:
         raise PathouccError(f"no patch has a tissue fraction >= {threshold:g}; lower --tissue-threshold or the "
                             "patch size", slide.path)
-    rows = np.concatenate(kept_rows)
-    order = np.lexsort((rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]))  # block row, block col, y, x
-    rows = rows[order]
-    positions = rows[:, :2].copy()
+    positions = np.concatenate(parts)
     coords = np.rint(positions * ds).astype(np.int64)
-    keys = rows[:, 2] + rows[:, 3] * (len(xs) // per_block + 2)
-    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
-    stops = np.r_[starts[1:], len(rows)]
-    span = (per_block - 1) * stride + patch_size
-    blocks = []
-    for a, b in zip(starts.tolist(), stops.tolist(), strict=True):
-        bx, by = int(rows[a, 2]) * per_block * stride, int(rows[a, 3]) * per_block * stride
-        blocks.append((a, b, bx, by, min(span, w_out - bx), min(span, h_out - by)))
     return _Grid(positions, coords, blocks, (w_out, h_out))
 
 
