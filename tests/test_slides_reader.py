@@ -42,6 +42,21 @@ def test_pyramidal_tiff_opens_with_levels_and_mpp(gradient):
         assert thumb.shape == (175, 250, 3)
 
 
+def test_thumbnail_of_a_single_level_slide_is_shrunk_block_by_block(gradient, tmp_path, monkeypatch):
+    image, _, _ = gradient
+    from pathoucc.slides import pyramid, reader
+
+    flat = pyramid.write_pyramid_tiff(tmp_path / "flat.tif", (1000, 700),
+                                      lambda d, x, y, w, h: image[y:y + h, x:x + w], downsamples=[1])
+    monkeypatch.setattr(reader, "THUMBNAIL_BLOCK", 256)  # 25-px thumbnail blocks: 16 reads instead of one
+    with open_slide(flat) as slide:
+        assert slide.level_count == 1
+        thumb = slide.thumbnail(100)
+    expected = np.asarray(Image.fromarray(image).resize((100, 70), Image.Resampling.BOX))
+    assert thumb.shape == (70, 100, 3)
+    assert np.abs(thumb.astype(int) - expected).max() <= 1
+
+
 def test_outside_pixels_are_white(gradient):
     _, tif, _ = gradient
     with open_slide(tif) as slide:

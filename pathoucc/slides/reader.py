@@ -20,6 +20,7 @@ from pathoucc.errors import PathouccError
 __all__ = ["LevelChoice", "Slide", "open_slide", "pick_level"]
 
 _LEVEL_TOLERANCE = 0.01  # a level within 1 % of the requested downsample is used without resizing
+THUMBNAIL_BLOCK = 4096  # thumbnails are made from blocks of at most this many level pixels per side
 
 
 class Slide:
@@ -63,11 +64,24 @@ class Slide:
         scale = max(w, h) / max_size
         level = self.best_level(max(scale, 1.0))
         lw, lh = self.level_dimensions[level]
-        image = self.read_region((0, 0), level, (lw, lh))
         tw, th = max(1, round(w / max(scale, 1.0))), max(1, round(h / max(scale, 1.0)))
-        if (tw, th) != (lw, lh):
-            image = np.asarray(Image.fromarray(image).resize((tw, th), Image.Resampling.BOX))
-        return image
+        if (tw, th) == (lw, lh):
+            return self.read_region((0, 0), level, (lw, lh))
+        # shrink block by block so that a slide without low-resolution levels is never read whole
+        rx, ry = lw / tw, lh / th
+        step = max(1, int(THUMBNAIL_BLOCK // max(rx, ry)))
+        out = np.empty((th, tw, 3), np.uint8)
+        level_ds = self.level_downsamples[level]
+        for ty in range(0, th, step):
+            for tx in range(0, tw, step):
+                bw, bh = min(step, tw - tx), min(step, th - ty)
+                x0, y0 = int(tx * rx), int(ty * ry)
+                x1, y1 = min(lw, int(np.ceil((tx + bw) * rx))), min(lh, int(np.ceil((ty + bh) * ry)))
+                block = self.read_region((round(x0 * level_ds), round(y0 * level_ds)), level, (x1 - x0, y1 - y0))
+                box = (tx * rx - x0, ty * ry - y0, (tx + bw) * rx - x0, (ty + bh) * ry - y0)
+                out[ty:ty + bh, tx:tx + bw] = np.asarray(
+                    Image.fromarray(block).resize((bw, bh), Image.Resampling.BOX, box=box))
+        return out
 
     def best_level(self, downsample: float) -> int:
         """The highest level whose downsample does not exceed ``downsample`` (within 1 %)."""
