@@ -111,6 +111,45 @@ def baseline(
         write_json(out, result)
 
 
+@app.command()
+def cluster(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `pathoucc train`")],
+    k: Annotated[int | None, typer.Option("--k", help="Clusters (default: eval.k or the training classes)")] = None,
+    tiles: Annotated[list[Path] | None, typer.Option("--tiles", help="Fit on these tile files instead")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Patches per forward pass")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+) -> None:
+    """Fit the run's shared k-means on its training data: <run>/kmeans-k<K>.npz, used by `pathoucc segment`."""
+    from pathoucc.cluster_model import cluster_run
+
+    cm, path = cluster_run(run, k=k, tile_paths=tiles or None, batch_size=batch_size, device=_device(device),
+                           progress=sys.stderr.isatty())
+    typer.echo(f"k-means with k={cm.k} on {cm.num_features} features -> {path}")
+
+
+@app.command()
+def segment(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `pathoucc train`")],
+    tiles: Annotated[list[Path], typer.Argument(help="Tile files (.h5) written by `pathoucc tile`")],
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder (default <run>/segments)")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="Clusters (default: eval.k or the training classes)")] = None,
+    mask: Annotated[Path | None, typer.Option(help="Label mask to score against (or a folder of masks)")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Patches per forward pass")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+) -> None:
+    """Cluster every patch of each slide with the run's shared k-means: maps, overlays, CSV/HDF5, GeoJSON, scores."""
+    from pathoucc.segment import segment_run
+
+    segment_run(run, tiles, out=out, k=k, batch_size=batch_size, device=_device(device), mask=mask,
+                progress=sys.stderr.isatty())
+
+
+def _device(name: str) -> str:
+    if name not in ("auto", "cpu", "cuda"):
+        raise PathouccError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return name
+
+
 def main() -> None:
     """Entry point of the ``pathoucc`` console script."""
     debug = "--debug" in sys.argv[1:]
