@@ -265,11 +265,12 @@ def grid_regions(positions: np.ndarray, patch_size: int, region_size: int, downs
     region = np.full(len(positions), -1, np.int64)
     if not inside.any():
         return region, np.zeros((0, 4), np.int64)
-    keys, inverse = np.unique(cell[inside][:, ::-1], axis=0, return_inverse=True)  # (row, col) row-major
+    cols = int(cell[:, 0].max()) + 1
+    keys, inverse = np.unique(cell[inside, 1] * cols + cell[inside, 0], return_inverse=True)  # row-major
     region[inside] = inverse.ravel()
     W, H = slide_dimensions
-    x = np.rint(keys[:, 1] * region_size * downsample).astype(np.int64)
-    y = np.rint(keys[:, 0] * region_size * downsample).astype(np.int64)
+    x = np.rint(keys % cols * region_size * downsample).astype(np.int64)
+    y = np.rint(keys // cols * region_size * downsample).astype(np.int64)
     side = round(region_size * downsample)
     boxes = np.stack([x, y, np.minimum(side, W - x), np.minimum(side, H - y)], axis=1)
     return region, boxes
@@ -294,8 +295,11 @@ def region_ucc(labels: np.ndarray, region: np.ndarray, num_regions: int) -> np.n
     """Number of distinct known classes (label >= 0) among each region's patches -> (R,) int64."""
     labels, region = np.asarray(labels), np.asarray(region)
     ok = (labels >= 0) & (region >= 0)
-    pairs = np.unique(np.stack([region[ok], labels[ok]], axis=1), axis=0) if ok.any() else np.zeros((0, 2), int)
-    return np.bincount(pairs[:, 0], minlength=num_regions).astype(np.int64)
+    if not ok.any():
+        return np.zeros(num_regions, np.int64)
+    classes = int(labels[ok].max()) + 1
+    pairs = np.unique(region[ok].astype(np.int64) * classes + labels[ok])  # one entry per (region, class)
+    return np.bincount(pairs // classes, minlength=num_regions).astype(np.int64)
 
 
 def _check_file(path: Path, what: str) -> None:
