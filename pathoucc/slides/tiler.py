@@ -3,7 +3,7 @@
 Patches lie on a regular grid of the output level (``stride`` output pixels apart, starting at (0, 0)); those
 whose tissue fraction reaches ``tissue_threshold`` are kept. Pixels are read in blocks of about 1024x1024 output
 pixels by a pool of threads and streamed into the HDF5 file, so memory does not grow with the slide's size
-(apart from the per-patch coordinate and label arrays, ~40 bytes per patch). Each file is written under a
+(apart from the per-patch coordinate and label arrays, tens of bytes per patch). Each file is written under a
 temporary name and renamed when complete.
 """
 
