@@ -350,7 +350,7 @@ def print_segment_scores(rows: list[dict[str, Any]]) -> None:
     from rich.table import Table
 
     table = Table(title="segmentation")
-    for col in ("slide", "k", "patches", "accuracy", "NMI", "ARI", "map acc.", "mean Dice", "mean IoU"):
+    for col in ("slide", "k", "patches", "ACC", "NMI", "ARI", "map ACC", "Dice", "IoU"):
         table.add_column(col, justify="left" if col == "slide" else "right")
     for r in rows:
         p, m = r["patches"], r["map"]
