@@ -154,7 +154,8 @@ def main() -> None:
     """Entry point of the ``pathoucc`` console script."""
     debug = "--debug" in sys.argv[1:]
     try:
-        app(standalone_mode=False)
+        # with standalone_mode=False, click returns the code of a typer.Exit instead of raising it
+        code = app(standalone_mode=False)
     except PathouccError as exc:
         if debug:
             raise
@@ -177,7 +178,7 @@ def main() -> None:
             raise
         typer.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

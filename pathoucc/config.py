@@ -82,7 +82,7 @@ class TrainConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     num_threads: int = Field(0, ge=0)
-    eval_every_val: bool = False
+    snapshot_every: int = Field(0, ge=0)
 
 
 class EvalConfig(_Section):

@@ -42,7 +42,7 @@ def cluster_and_score(features: np.ndarray, labels: np.ndarray, k: int | None, s
     known = labels >= 0
     if not known.any():
         raise PathouccError("the evaluation instances carry no class labels")
-    k = k or int(len(np.unique(labels[known])))
+    k = k or len(np.unique(labels[known]))
     clusters = fit_kmeans(features[known], k, seed, n_init).labels_
     return clustering_scores(labels[known], clusters) | {"k": k, "num_instances": int(known.sum())}
 
@@ -62,7 +62,7 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[C
         model.load_state_dict(state["model"])
     except PathouccError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PathouccError(f"corrupt or incompatible model file ({type(exc).__name__})", path) from None
     return cfg, model.to(device).eval()
 
@@ -86,6 +86,19 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, device: torch.de
     if show:
         print_scores({f"{cfg.name} ({split})": result})
     return result
+
+
+def evaluate_snapshots(run_dir: str | Path, split: str = "test", device: torch.device | str = "cpu") -> list[dict]:
+    """Score every weight snapshot of a run (``train.snapshot_every``): accuracy against training time."""
+    run_dir = Path(run_dir)
+    cfg, model = load_run(run_dir, device)
+    pool = load_pools(cfg.data, (split,))[split]
+    rows = []
+    for path in sorted((run_dir / "snapshots").glob("step-*.pt")):
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(state["model"])
+        rows.append({"step": int(state["step"]), "elapsed_s": float(state["elapsed"])} | cluster_pool(model, pool, cfg, device))
+    return rows
 
 
 def evaluate_raw_pixels(cfg: Config, split: str = "test", show: bool = True) -> dict[str, Any]:

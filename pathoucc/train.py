@@ -43,7 +43,7 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def build_augment(specs: list[dict[str, Any]]):  # noqa: ANN201
+def build_augment(specs: list[dict[str, Any]]):
     """An albumentations ``Compose`` from ``[{"name": "HorizontalFlip", "p": 0.5}, …]`` (None if empty)."""
     if not specs:
         return None
@@ -147,12 +147,18 @@ class Trainer:
         with atomic_path(self.run_dir / CHECKPOINT) as tmp:
             torch.save(self.state_dict(), tmp)
 
+    def save_snapshot(self) -> None:
+        """Weights at this step (``snapshots/step-NNNNNNN.pt``), for accuracy-against-time curves."""
+        state = {"model": self.model.state_dict(), "step": self.step, "elapsed": self.elapsed}
+        with atomic_path(self.run_dir / "snapshots" / f"step-{self.step:07d}.pt") as tmp:
+            torch.save(state, tmp)
+
     # ----------------------------------------------------------------- loop
     def _batch(self, indices: np.ndarray, augment: bool) -> torch.Tensor:
         x = self.train_pool.tensor(indices.reshape(-1), self.augment if augment else None)
         return x.view(*indices.shape, *x.shape[1:]).to(self.device, non_blocking=True)
 
-    def _autocast(self):  # noqa: ANN202
+    def _autocast(self):
         return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
 
     def train_step(self) -> dict[str, float]:
@@ -213,13 +219,6 @@ class Trainer:
                     running.clear()
                 if self.step % t.val_every == 0 or self.step == t.steps:
                     record |= self.validate()
-                    if t.eval_every_val:
-                        from pathoucc.evaluate import cluster_pool
-
-                        split = self.cfg.eval.split
-                        pool = load_pools(self.cfg.data, (split,))[split] if split != "val" else self.val_pool
-                        scores = cluster_pool(self.model, pool, self.cfg, self.device)
-                        record |= {f"{split}_{k}": v for k, v in scores.items()}
                 if record:
                     record = {"step": self.step, "elapsed_s": round(self.elapsed, 3)} | record
                     mlog.write(json.dumps(record) + "\n")
@@ -231,6 +230,8 @@ class Trainer:
                     bar.update(task, completed=self.step)
                 if self.step % t.checkpoint_every == 0:
                     self.save_checkpoint()
+                if t.snapshot_every and self.step % t.snapshot_every == 0:
+                    self.save_snapshot()
         self.save_checkpoint()
 
 
@@ -249,7 +250,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise PathouccError("no checkpoint to resume from", path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise PathouccError(f"corrupt or unreadable checkpoint ({type(exc).__name__})", path) from None
     if not isinstance(state, dict) or "model" not in state:
         raise PathouccError("not a pathoucc checkpoint", path)
@@ -288,6 +289,7 @@ def train_run(cfg: Config, run_dir: str | Path, resume: bool = False, progress: 
     trainer = Trainer(cfg, run_dir, pools)
     if state is not None:
         trainer.load_state_dict(state)
+        _truncate_metrics(run_dir / METRICS_LOG, trainer.step)
         log.info("resumed from step %d", trainer.step)
     else:
         (run_dir / METRICS_LOG).unlink(missing_ok=True)
@@ -302,6 +304,14 @@ def train_run(cfg: Config, run_dir: str | Path, resume: bool = False, progress: 
     from pathoucc.evaluate import evaluate_run
 
     return evaluate_run(run_dir, device=trainer.device)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop records logged after the checkpoint being resumed (they will be produced again)."""
+    if path.is_file():
+        lines = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x).get("step", 0) <= step]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(f"{x}\n" for x in lines))
 
 
 def _setup_file_logging(run_dir: Path) -> None:

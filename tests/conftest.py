@@ -23,7 +23,7 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="session")
-def digits_idx(tmp_path_factory: pytest.TempPathFactory, digits) -> Path:  # noqa: ANN001
+def digits_idx(tmp_path_factory: pytest.TempPathFactory, digits) -> Path:
     """A folder of IDX files (train 1497 / t10k 300) made from the 8×8 digits."""
     folder = tmp_path_factory.mktemp("digits_idx")
     images, labels = digits

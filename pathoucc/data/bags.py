@@ -132,7 +132,7 @@ class RegionBagSampler:
     load_state_dict = BagSampler.load_state_dict
 
 
-def create_bag_sampler(pool, bag_size: int, ucc_min: int, ucc_max: int, seed: int):  # noqa: ANN001, ANN201
+def create_bag_sampler(pool, bag_size: int, ucc_min: int, ucc_max: int, seed: int):
     """Regions given by the data when the pool has them, else bags built from the instance labels."""
     if pool.bag_index is not None and pool.bag_ucc is not None:
         return RegionBagSampler(pool.bag_index, pool.bag_ucc, bag_size, ucc_min, ucc_max, seed)

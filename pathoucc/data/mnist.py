@@ -155,7 +155,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy", "dtype"),
     }
 
-    def find_class(self, module: str, name: str):  # noqa: ANN201
+    def find_class(self, module: str, name: str):
         if (module, name) in self._ALLOWED:
             return getattr(__import__("numpy.core.multiarray" if "multiarray" in module else "numpy",
                                       fromlist=[name]), name)

@@ -46,9 +46,9 @@ class InstancePool:
 
     @property
     def num_classes(self) -> int:
-        return int(len(np.unique(self.labels[self.labels >= 0])))
+        return len(np.unique(self.labels[self.labels >= 0]))
 
-    def tensor(self, index: np.ndarray | slice, transform=None) -> torch.Tensor:  # noqa: ANN001
+    def tensor(self, index: np.ndarray | slice, transform=None) -> torch.Tensor:
         """Instances ``index`` as a float tensor ``(n, C, H, W)`` in [0, 1], optionally augmented (uint8 HWC)."""
         batch = self.images[index]
         if transform is not None:

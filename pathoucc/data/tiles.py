@@ -1,0 +1,70 @@
+"""Instance pools from HDF5 tile files (``pathoucc tile``): patches as instances, regions as bags."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pathoucc.config import DataConfig
+from pathoucc.data.pool import InstancePool
+from pathoucc.errors import PathouccError
+from pathoucc.slides.h5 import TileFile, open_tiles
+
+
+def _read_all(tiles: TileFile, chunk: int = 4096) -> np.ndarray:
+    return np.concatenate([tiles.read_patches(slice(i, i + chunk)) for i in range(0, tiles.num_patches, chunk)])
+
+
+def pool_from_tiles(paths: list[str], need_regions: bool) -> InstancePool:
+    """Concatenate the patches of ``paths`` into one pool; region indices are renumbered across files."""
+    images, labels, region, ucc = [], [], [], []
+    size = None
+    for path in paths:
+        with open_tiles(path) as tiles:
+            if size is not None and tiles.patch_size != size:
+                raise PathouccError(f"patch size {tiles.patch_size} differs from the other tile files ({size})", path)
+            size = tiles.patch_size
+            if need_regions and (tiles.region is None or tiles.region_ucc is None):
+                raise PathouccError("tile file has no regions (bags) with counts: tile it with --mask, --geojson "
+                                    "or --regions-csv", path)
+            images.append(_read_all(tiles))
+            n = tiles.num_patches
+            labels.append(tiles.labels if tiles.labels is not None else np.full(n, -1, np.int64))
+            if tiles.region is not None and tiles.region_ucc is not None:
+                offset = sum(len(u) for u in ucc)
+                region.append(np.where(tiles.region >= 0, tiles.region + offset, -1))
+                ucc.append(tiles.region_ucc)
+            else:
+                region.append(np.full(n, -1, np.int64))
+    return InstancePool(
+        np.concatenate(images), np.concatenate(labels).astype(np.int64),
+        np.concatenate(region).astype(np.int64) if ucc else None,
+        np.concatenate(ucc).astype(np.int64) if ucc else None,
+    )
+
+
+def _subset_regions(pool: InstancePool, keep: np.ndarray) -> InstancePool:
+    """The instances of the regions ``keep`` (renumbered 0..len(keep)-1)."""
+    assert pool.bag_index is not None and pool.bag_ucc is not None
+    new_id = np.full(len(pool.bag_ucc), -1, np.int64)
+    new_id[keep] = np.arange(len(keep))
+    member = (pool.bag_index >= 0) & (new_id[np.maximum(pool.bag_index, 0)] >= 0)
+    return InstancePool(pool.images[member], pool.labels[member], new_id[pool.bag_index[member]],
+                        pool.bag_ucc[keep])
+
+
+def load_tile_pools(cfg: DataConfig, splits: tuple[str, ...]) -> dict[str, InstancePool]:
+    """``train``/``val``: the regions of ``cfg.train_tiles``, ``val_fraction`` of them held out (seeded);
+    ``test``: every patch of ``cfg.test_tiles`` (falls back to the training tiles when none are given)."""
+    out: dict[str, InstancePool] = {}
+    if {"train", "val"} & set(splits):
+        if not cfg.train_tiles:
+            raise PathouccError("data.train_tiles is empty: list the tile files (.h5) to train on")
+        pool = pool_from_tiles(cfg.train_tiles, need_regions=True)
+        assert pool.bag_ucc is not None
+        order = np.random.default_rng(0).permutation(len(pool.bag_ucc))
+        n_val = int(round(len(order) * cfg.val_fraction))
+        out["train"] = _subset_regions(pool, np.sort(order[n_val:]))
+        out["val"] = _subset_regions(pool, np.sort(order[:n_val]))
+    if "test" in splits:
+        out["test"] = pool_from_tiles(cfg.test_tiles or cfg.train_tiles, need_regions=False)
+    return {s: out[s] for s in splits}
