@@ -97,7 +97,8 @@ def evaluate_snapshots(run_dir: str | Path, split: str = "test", device: torch.d
     for path in sorted((run_dir / "snapshots").glob("step-*.pt")):
         state = torch.load(path, map_location="cpu", weights_only=True)
         model.load_state_dict(state["model"])
-        rows.append({"step": int(state["step"]), "elapsed_s": float(state["elapsed"])} | cluster_pool(model, pool, cfg, device))
+        scores = cluster_pool(model, pool, cfg, device)
+        rows.append({"step": int(state["step"]), "elapsed_s": float(state["elapsed"])} | scores)
     return rows
 
 

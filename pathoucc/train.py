@@ -74,7 +74,8 @@ def lr_factor(cfg: Config, step: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-def ucc_loss_terms(model: UCCModel, bags: torch.Tensor, ucc_target: torch.Tensor, cfg: Config) -> dict[str, torch.Tensor]:
+def ucc_loss_terms(model: UCCModel, bags: torch.Tensor, ucc_target: torch.Tensor,
+                   cfg: Config) -> dict[str, torch.Tensor]:
     """Forward pass and the weighted loss. ``bags`` is ``(B, N, C, H, W)``, ``ucc_target`` ``(B,)`` class ids."""
     out = model(bags)
     terms = {"ucc_loss": F.cross_entropy(out["logits"].float(), ucc_target)}

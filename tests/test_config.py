@@ -55,9 +55,9 @@ def test_overrides_are_typed(tmp_path: Path) -> None:
     path.write_text("seed: 1\n")
     cfg = load_config(path, ["train.lr=0.5", "model.widths=[4, 8]", "seed=7", "model.decoder=false"])
     assert cfg.train.lr == 0.5 and cfg.model.widths == [4, 8] and cfg.seed == 7 and cfg.model.decoder is False
-    with pytest.raises(PathouccError, match="key.path=value"):
+    with pytest.raises(PathouccError, match=r"key\.path=value"):
         load_config(path, ["train.lr"])
-    with pytest.raises(PathouccError, match="unknown key 'train.nope'"):
+    with pytest.raises(PathouccError, match=r"unknown key 'train\.nope'"):
         load_config(path, ["train.nope=1"])
 
 

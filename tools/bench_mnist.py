@@ -121,7 +121,8 @@ def write_markdown(r: dict, path: Path) -> None:
                  f"{m['ari']:.4f} | {p['curve'][-1]['step'] if p['curve'] else 0} | {p['wall_s'] / 60:.1f} | "
                  f"{p['peak_rss_gb']:.2f} |")
     raw = r["raw_pixels"]
-    lines.append(f"| k-means on raw pixels | – | {raw['accuracy']:.4f} | {raw['nmi']:.4f} | {raw['ari']:.4f} | – | – | – |")
+    lines.append(f"| k-means on raw pixels | – | {raw['accuracy']:.4f} | {raw['nmi']:.4f} | {raw['ari']:.4f} "
+                 "| – | – | – |")
     lines += ["", f"Median test accuracy of mnist.yaml: **{r['median_accuracy']:.4f}**. Training-time budget "
               f"(median of mnist.yaml): {r['budget_s'] / 60:.1f} min.",
               f"Best accuracy of mnist-paper.yaml within that budget: {r['paper_best_accuracy']:.4f}; "

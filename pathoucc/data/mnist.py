@@ -19,6 +19,7 @@ import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -145,18 +146,21 @@ def _from_hub_wheel() -> dict[str, np.ndarray]:
     }
 
 
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's array constructor, wherever this numpy keeps it
+
+
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickler that rebuilds numpy arrays and nothing else (no arbitrary code from the pickle)."""
 
-    _ALLOWED = {
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
+    _ALLOWED: ClassVar[dict[tuple[str, str], object]] = {
+        ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
+        ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
     }
 
-    def find_class(self, module: str, name: str):
-        if (module, name) in self._ALLOWED:
-            return getattr(__import__("numpy.core.multiarray" if "multiarray" in module else "numpy",
-                                      fromlist=[name]), name)
-        raise pickle.UnpicklingError(f"forbidden global {module}.{name}")
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"forbidden global {module}.{name}") from None

@@ -78,7 +78,7 @@ def _split_idx(arrays: dict[str, tuple[np.ndarray, np.ndarray]], val_fraction: f
     if "train" not in arrays or "test" not in arrays:
         raise PathouccError(f"IDX folder needs train-* and t10k-*/test-* files, found splits {sorted(arrays)}", root)
     x, y = arrays["train"]
-    n_val = int(round(len(x) * val_fraction))
+    n_val = round(len(x) * val_fraction)
     out = dict(arrays)
     out["train"] = (x[: len(x) - n_val], y[: len(x) - n_val])
     out["val"] = (x[len(x) - n_val :], y[len(x) - n_val :])

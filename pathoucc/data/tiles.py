@@ -62,7 +62,7 @@ def load_tile_pools(cfg: DataConfig, splits: tuple[str, ...]) -> dict[str, Insta
         pool = pool_from_tiles(cfg.train_tiles, need_regions=True)
         assert pool.bag_ucc is not None
         order = np.random.default_rng(0).permutation(len(pool.bag_ucc))
-        n_val = int(round(len(order) * cfg.val_fraction))
+        n_val = round(len(order) * cfg.val_fraction)
         out["train"] = _subset_regions(pool, np.sort(order[n_val:]))
         out["val"] = _subset_regions(pool, np.sort(order[:n_val]))
     if "test" in splits:
