@@ -32,8 +32,19 @@ def child(config: str, out: str, overrides: list[str]) -> None:
     start = time.perf_counter()
     metrics = train_run(load_config(config, overrides), out, progress=False)
     wall = time.perf_counter() - start
-    rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    rss_gb = peak_rss_gb()
     print(json.dumps({"wall_s": wall, "peak_rss_gb": rss_gb, "metrics": metrics}))
+
+
+def peak_rss_gb() -> float:
+    """This process's peak resident memory: VmHWM (``ru_maxrss`` of an exec'd child also counts its parent)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
 def run_child(config: Path, out: Path, overrides: list[str]) -> dict:
