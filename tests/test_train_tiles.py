@@ -1,0 +1,70 @@
+"""Training on HDF5 tiles: regions as bags, RGB patches, albumentations, a timm backbone, patch-level scores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from slide_fixtures import CELL, digit_slide
+
+from pathoucc.config import DataConfig, config_from_dict
+from pathoucc.data.pool import load_pools
+from pathoucc.errors import PathouccError
+from pathoucc.slides.tiler import tile_slide
+from pathoucc.train import train_run
+
+__all__ = ["digit_slide"]  # the fixture is used by name
+
+
+@pytest.fixture(scope="module")
+def tiles(digit_slide, tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
+    folder = tmp_path_factory.mktemp("tiles")
+    labelled = tile_slide(digit_slide["slide"], folder / "labelled", patch_size=CELL, stride=CELL, level=0,
+                          region_size=256, annotations=digit_slide["mask"], workers=1)
+    plain = tile_slide(digit_slide["slide"], folder / "plain", patch_size=CELL, stride=CELL, level=0, workers=1)
+    return {"labelled": labelled, "plain": plain}
+
+
+def test_tile_pools_keep_regions_and_hold_out_whole_regions(tiles: dict[str, Path], digit_slide) -> None:  # noqa: ANN001
+    cfg = DataConfig(source="tiles", train_tiles=[str(tiles["labelled"])] * 2, val_fraction=0.25)
+    pools = load_pools(cfg)
+    train, val, test = pools["train"], pools["val"], pools["test"]
+    assert train.shape == (3, CELL, CELL)
+    n_regions = len(train.bag_ucc) + len(val.bag_ucc)
+    assert len(val.bag_ucc) == round(n_regions * 0.25)
+    assert len(train) + len(val) == len(test) == 2 * 256  # the file twice: every region of each copy once
+    for pool in (train, val):
+        for r, u in enumerate(pool.bag_ucc):  # each region's count is the number of classes among its patches
+            assert len(np.unique(pool.labels[pool.bag_index == r])) == u
+    assert (test.labels >= 0).all() and test.bag_index is not None
+
+
+def test_train_on_tiles_with_timm_and_augmentations(tiles: dict[str, Path], tmp_path: Path) -> None:
+    cfg = config_from_dict({
+        "name": "tiles", "seed": 0,
+        "data": {"source": "tiles", "train_tiles": [str(tiles["labelled"])], "test_tiles": [str(tiles["plain"])],
+                 "val_fraction": 0.2,
+                 "augment": [{"name": "HorizontalFlip", "p": 0.5}, {"name": "RandomRotate90", "p": 0.5}]},
+        "bags": {"bag_size": 8, "bags_per_batch": 2, "ucc_min": 1, "ucc_max": 4},
+        "model": {"backbone": "resnet18", "in_chans": 3, "input_size": CELL, "num_features": 6, "mlp": [16],
+                  "decoder_widths": [16, 8]},
+        "train": {"steps": 2, "val_every": 2, "checkpoint_every": 2, "log_every": 1, "val_bags": 2},
+        "eval": {"n_init": 1, "batch_size": 64},
+    })
+    with pytest.raises(PathouccError, match="carry no class labels"):  # the plain tiles have no classes
+        train_run(cfg, tmp_path / "run", progress=False)
+    result = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert result["step"] == 2 and "val_ucc_loss" in result
+    cfg.data.test_tiles = [str(tiles["labelled"])]
+    scores = train_run(cfg, tmp_path / "run2", progress=False)
+    assert scores["k"] == 10 or scores["k"] == len(set(np.unique(load_pools(cfg.data, ("test",))["test"].labels)))
+    assert 0 <= scores["accuracy"] <= 1
+
+
+def test_tiles_without_regions_cannot_train(tiles: dict[str, Path]) -> None:
+    with pytest.raises(PathouccError, match=r"plain.*no regions"):
+        load_pools(DataConfig(source="tiles", train_tiles=[str(tiles["plain"])]), ("train",))
+    with pytest.raises(PathouccError, match="train_tiles is empty"):
+        load_pools(DataConfig(source="tiles"), ("train",))
