@@ -210,7 +210,12 @@ class Trainer:
             task = bar.add_task("train", total=t.steps, completed=self.step, info="")
             while self.step < t.steps and self.elapsed < budget:
                 start = time.perf_counter()
-                terms = self.train_step()
+                try:
+                    terms = self.train_step()
+                except KeyboardInterrupt:  # keep every finished step; `--resume` continues from here
+                    self.save_checkpoint()
+                    log.info("interrupted at step %d; checkpoint saved", self.step)
+                    raise
                 self.elapsed += time.perf_counter() - start
                 for k, v in terms.items():
                     running.setdefault(k, []).append(v)

@@ -44,7 +44,13 @@ def test_same_seed_same_result(tmp_path: Path, tiny_config: dict) -> None:
     assert not torch.equal(_weights(tmp_path / "a")["head.weight"], _weights(tmp_path / "c")["head.weight"])
 
 
-def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, tiny_config: dict, monkeypatch) -> None:
+class _Killed(BaseException):
+    """Stands for a hard kill (SIGKILL, power loss): nothing in the process gets to react."""
+
+
+@pytest.mark.parametrize(("stop", "checkpoint_step"), [(_Killed, 4), (KeyboardInterrupt, 5)])
+def test_stopped_run_resumes_to_the_same_weights(tmp_path: Path, tiny_config: dict, monkeypatch, stop,
+                                                 checkpoint_step) -> None:
     cfg = config_from_dict(tiny_config)
     train_run(cfg, tmp_path / "full", progress=False, evaluate=False)
 
@@ -52,13 +58,14 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path: Path, tiny_config: dic
 
     def dying_step(self: Trainer) -> dict:
         if self.step == 5:
-            raise KeyboardInterrupt
+            raise stop
         return original(self)
 
     monkeypatch.setattr(Trainer, "train_step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(stop):
         train_run(cfg, tmp_path / "killed", progress=False, evaluate=False)
-    assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)["step"] == 4
+    # a hard kill leaves the last periodic checkpoint (every 2 steps); Ctrl-C saves the last finished step
+    assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)["step"] == checkpoint_step
     assert not (tmp_path / "killed" / "model.pt").exists()
     monkeypatch.setattr(Trainer, "train_step", original)
 
