@@ -16,8 +16,10 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """Where instances come from. ``mnist`` fetches MNIST; ``idx`` reads a folder of IDX files; ``tiles``
-    reads HDF5 tile files written by ``pathoucc tile``."""
+    """Where instances come from. ``mnist`` fetches MNIST into ``root``; ``idx`` reads the IDX files in the
+    folder ``root``; ``tiles`` reads HDF5 tile files written by ``pathoucc tile``. ``val_fraction`` is the share
+    of training instances (idx) or regions (tiles) held out for validation (MNIST keeps its standard last
+    10 000). ``augment`` lists albumentations transforms, e.g. ``[{name: HorizontalFlip, p: 0.5}]``."""
 
     source: Literal["mnist", "idx", "tiles"] = "mnist"
     root: str = "data"
