@@ -2,7 +2,7 @@
 
     python tools/bench_digit_slide.py --work data/digit-slide
 
-1. ``tools/make_digit_slide.py``: a training slide (160×160 digits) and a test slide (64×64 digits, other
+1. ``tools/make_digit_slide.py``: a training slide (256×256 digits) and a test slide (64×64 digits, other
    seed), every 32-px cell one MNIST training digit, every 2×2-cell region a bag with 1-4 digit classes;
 2. ``pathoucc tile`` both with their label masks (32-px patches, 64-px regions);
 3. ``pathoucc train configs/digit-slide.yaml``;
@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("data/digit-slide"))
     parser.add_argument("--data-dir", default="data", help="MNIST cache folder")
     parser.add_argument("--run", type=Path, default=Path("runs/digit-slide"))
+    parser.add_argument("--train-grid", type=int, default=256, help="digits per side of the training slide")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override a.b=value")
     args = parser.parse_args()
 
@@ -43,7 +44,7 @@ def main() -> None:
     timings = {}
     tiles = args.work / "tiles"
     start = time.perf_counter()
-    for name, grid, seed in (("train", (160, 160), 1), ("test", (64, 64), 2)):
+    for name, grid, seed in (("train", (args.train_grid,) * 2, 1), ("test", (64, 64), 2)):
         slide = args.work / f"{name}.tif"
         if not slide.exists():
             make_digit_slide(slide, grid=grid, region_cells=2, seed=seed, data_dir=args.data_dir)
