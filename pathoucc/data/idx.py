@@ -27,6 +27,11 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise PathouccError("file not found", path) from None
     except (OSError, EOFError) as exc:
         raise PathouccError(f"cannot read IDX file ({exc})", path) from None
+    return parse_idx(raw, path)
+
+
+def parse_idx(raw: bytes, path: str | Path = "IDX data") -> np.ndarray:
+    """Decode the bytes of an uncompressed IDX file; ``path`` only names the source in errors."""
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise PathouccError("not an IDX file (bad magic number)", path)
     ndim = raw[3]

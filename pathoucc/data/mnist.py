@@ -23,7 +23,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from pathoucc.data.idx import read_idx_folder, write_idx
+from pathoucc.data.idx import parse_idx, read_idx_folder, write_idx
 from pathoucc.errors import PathouccError
 
 log = logging.getLogger(__name__)
@@ -98,20 +98,11 @@ def _from_mirrors() -> dict[str, np.ndarray]:
             if hashlib.md5(blob).hexdigest() != md5:
                 errors.append(f"{mirror}{name}: checksum mismatch")
                 continue
-            arrays[name] = _parse_idx_bytes(gzip.decompress(blob))
+            arrays[name] = parse_idx(gzip.decompress(blob), mirror + name)
             break
         else:
             raise OSError("; ".join(errors[:1]) + (f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""))
     return arrays
-
-
-def _parse_idx_bytes(raw: bytes) -> np.ndarray:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "data-idx-ubyte"
-        path.write_bytes(raw)
-        from pathoucc.data.idx import read_idx
-
-        return read_idx(path)
 
 
 def _from_hub_wheel() -> dict[str, np.ndarray]:
