@@ -1,4 +1,4 @@
-"""Tissue detection on a low-resolution thumbnail: Otsu on HSV saturation, then morphological clean-up."""
+"""Tissue detection on a low-resolution thumbnail: Otsu on HSV saturation, morphological clean-up, hole filter."""
 
 from __future__ import annotations
 
@@ -13,7 +13,18 @@ from pathoucc.errors import PathouccError
 from pathoucc.io import atomic_path
 from pathoucc.slides.reader import Slide
 
-__all__ = ["TissueMask", "detect_tissue", "otsu_threshold", "save_mask_png", "tissue_fraction", "tissue_fractions"]
+__all__ = [
+    "MIN_HOLE_AREA", "TissueMask", "detect_tissue", "fill_small_holes", "otsu_threshold", "save_mask_png",
+    "tissue_fraction", "tissue_fractions", "tissue_mask_from_rgb",
+]
+
+MIN_HOLE_AREA = 2048.0
+"""Default hole threshold in level-0 px²: holes of at least this area stay background.
+
+2048 px² is a 45 x 45 px square, 1/32 of a 256 x 256 patch (about 11 x 11 µm at 0.25 µm/px,
+23 x 23 µm at 0.5 µm/px): gland lumina, fat cells and glass keep out of the mask, while specks the size of
+a vacuole are filled. On a large slide the thumbnail's own closing (``close`` px) already fills anything smaller.
+"""
 
 
 @dataclass
@@ -32,15 +43,33 @@ class TissueMask:
 
 
 def detect_tissue(slide: Slide, *, max_size: int = 2048, min_saturation: float = 0.05, smooth: int = 5,
-                  close: int = 2, min_area: float = 1e-4) -> TissueMask:
-    """Find tissue on a thumbnail whose longer side is at most ``max_size`` px.
+                  close: int = 2, min_area: float = 1e-4, min_hole_area: float = MIN_HOLE_AREA) -> TissueMask:
+    """Find tissue on a thumbnail of ``slide`` whose longer side is at most ``max_size`` px.
 
-    Saturation (0..1) is median-filtered over ``smooth`` px and thresholded at ``max(otsu, min_saturation)``;
-    the mask is closed and opened with a ``close``-px disk, its holes filled and fragments smaller than
-    ``min_area`` of the thumbnail dropped. Raises :class:`PathouccError` if no tissue is found.
+    See :func:`tissue_mask_from_rgb` for the steps and parameters. Raises :class:`PathouccError` (naming the
+    slide) if no tissue is found.
     """
     rgb = slide.thumbnail(max_size)
     h, w = rgb.shape[:2]
+    W, H = slide.dimensions
+    return tissue_mask_from_rgb(rgb, (W / w, H / h), min_saturation=min_saturation, smooth=smooth, close=close,
+                                min_area=min_area, min_hole_area=min_hole_area, source=slide.path)
+
+
+def tissue_mask_from_rgb(rgb: np.ndarray, downsample: tuple[float, float] = (1.0, 1.0), *,
+                         min_saturation: float = 0.05, smooth: int = 5, close: int = 2, min_area: float = 1e-4,
+                         min_hole_area: float = MIN_HOLE_AREA, source: str | Path | None = None) -> TissueMask:
+    """Tissue mask of an (h, w, 3) uint8 image whose pixels each cover ``downsample`` = (sx, sy) level-0 px.
+
+    Saturation (0..1) is median-filtered over ``smooth`` px and thresholded at ``max(otsu, min_saturation)``;
+    the mask is closed and opened with a ``close``-px disk. Holes (background components enclosed by tissue)
+    of at least ``min_hole_area`` level-0 px² stay background (glass, fat, lumina, as CLAM's hole filter
+    does); smaller ones are filled as specks. ``min_hole_area=0`` keeps every hole, ``inf`` fills them all.
+    Tissue fragments smaller than ``min_area`` of the image (their kept holes not counted) are dropped.
+    Raises :class:`PathouccError` (naming ``source``) if no tissue is found.
+    """
+    h, w = rgb.shape[:2]
+    sx, sy = downsample
     sat = saturation(rgb)
     if smooth > 1:
         sat = ndimage.median_filter(sat, size=smooth, mode="nearest")
@@ -51,7 +80,7 @@ def detect_tissue(slide: Slide, *, max_size: int = 2048, min_saturation: float =
         pad = close + 1
         mask = ndimage.binary_closing(np.pad(mask, pad), structure=disk)[pad:-pad, pad:-pad]
         mask = ndimage.binary_opening(mask, structure=disk)
-    mask = ndimage.binary_fill_holes(mask)
+    mask = fill_small_holes(mask, min_hole_area / (sx * sy))
     labels, n = ndimage.label(mask)
     if n:
         sizes = np.bincount(labels.ravel(), minlength=n + 1)
@@ -60,9 +89,24 @@ def detect_tissue(slide: Slide, *, max_size: int = 2048, min_saturation: float =
         mask = keep[labels]
     if not mask.any():
         raise PathouccError("no tissue found (the slide looks blank: saturation never exceeds "
-                            f"{min_saturation:g}); check the file or lower --tissue-threshold to 0", slide.path)
-    W, H = slide.dimensions
-    return TissueMask(mask, (W / w, H / h), float(threshold))
+                            f"{min_saturation:g}); check the file or lower --tissue-threshold to 0", source)
+    return TissueMask(mask, (float(sx), float(sy)), float(threshold))
+
+
+def fill_small_holes(mask: np.ndarray, max_hole: float) -> np.ndarray:
+    """Fill the holes of boolean ``mask`` (h, w) smaller than ``max_hole`` pixels; larger holes stay False.
+
+    A hole is a 4-connected False component not connected to the image border.
+    """
+    filled = ndimage.binary_fill_holes(mask)
+    if not max_hole > 0:
+        return mask.copy()
+    holes, n = ndimage.label(filled & ~mask)
+    if n == 0 or not np.isfinite(max_hole):
+        return filled
+    big = np.bincount(holes.ravel(), minlength=n + 1) >= max_hole
+    big[0] = False
+    return filled & ~big[holes]
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
