@@ -4,15 +4,31 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import click
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from pathoucc.config import SegmentOptions, TileOptions, load_config, validate_options
 from pathoucc.errors import PathouccError
+from pathoucc.files import write_json
+from pathoucc.slides.tiler import tile_slides
+
+# The commands that need torch and scikit-learn import their stage on use (a few seconds): `pathoucc tile` and
+# `--help` need neither. The CLI sits on top of the package, so these imports cannot form a cycle.
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Weakly supervised clustering and segmentation from unique class counts (UCC).")
 _state = {"debug": False}
+
+# options shared by several commands, declared once
+RunFolder = Annotated[Path, typer.Argument(help="Run folder written by `pathoucc train`")]
+Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: a.b=value")]
+Clusters = Annotated[int | None, typer.Option("--k", help="Clusters (default: eval.k or the training classes)")]
+BatchSize = Annotated[int | None, typer.Option(help="Patches per forward pass")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
 
 
 @app.callback()
@@ -24,26 +40,30 @@ def _global(debug: Annotated[bool, typer.Option("--debug", help="Show full trace
 def train(
     config: Annotated[Path, typer.Argument(help="YAML config, e.g. configs/mnist.yaml")],
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<config name>)")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: a.b=value")] = None,
+    set_: Overrides = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last checkpoint")] = False,
 ) -> None:
     """Train a UCC model on bags, then evaluate its clustering."""
-    from pathoucc.config import load_config
+    from pathoucc.evaluate import evaluate_run
+    from pathoucc.runtime import select_device
     from pathoucc.train import train_run
 
     cfg = load_config(config, set_ or [])
-    train_run(cfg, out or Path("runs") / config.stem, resume=resume)
+    run = train_run(cfg, out or Path("runs") / config.stem, resume=resume, progress=sys.stderr.isatty())
+    result = evaluate_run(run, device=select_device(cfg.train.device))
+    print_scores({f"{cfg.name} ({result['split']})": result})
 
 
 @app.command()
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `pathoucc train`")],
+    run: RunFolder,
     split: Annotated[str | None, typer.Option(help="test or val (default: the config's eval.split)")] = None,
 ) -> None:
     """Cluster the held-out instances with the run's features and score them (ACC, NMI, ARI)."""
     from pathoucc.evaluate import evaluate_run
 
-    evaluate_run(run, split=split)
+    result = evaluate_run(run, split=split)
+    print_scores({f"{_run_name(run)} ({result['split']})": result})
 
 
 @app.command()
@@ -68,24 +88,22 @@ def tile(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Re-tile slides whose output exists")] = False,
 ) -> None:
     """Cut slides into tissue patches (one HDF5 per slide), with patch labels and region counts if annotated."""
-    from pathoucc.slides.tiler import tile_slides
-
     given = [(k, v) for k, v in (("mask", mask), ("geojson", geojson), ("csv", regions_csv)) if v is not None]
     if len(given) > 1:
         raise PathouccError("give at most one of --mask, --geojson, --regions-csv")
     kind, source = given[0] if given else (None, None)
-    names = [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+    options = validate_options(TileOptions, dict(
+        patch_size=patch_size, stride=stride, level=level, magnification=magnification, mpp=mpp,
+        downsample=downsample, tissue_threshold=tissue_threshold, region_size=region_size,
+        classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
+        zero_is_background=zero_is_background, workers=workers, compression=compression, overwrite=overwrite))
 
     def report_error(_path: Path, message: str) -> None:
         typer.echo(f"error: {message}", err=True)
 
-    options = dict(patch_size=patch_size, stride=stride, level=level, magnification=magnification, mpp=mpp,
-                   downsample=downsample, tissue_threshold=tissue_threshold, region_size=region_size,
-                   classes=names, zero_is_background=zero_is_background, workers=workers,
-                   compression=compression, overwrite=overwrite, progress=sys.stderr.isatty())
     single = len(slides) == 1  # a single slide's error is the command's error (exit 2)
-    report = tile_slides(slides, out, annotations=source, annotation_kind=kind,
-                         on_error=None if single else report_error, **options)
+    report = tile_slides(slides, out, options, annotations=source, annotation_kind=kind,
+                         on_error=None if single else report_error, progress=sys.stderr.isatty())
     if single and report.failed:
         raise PathouccError(report.failed[0][1])
     typer.echo(f"tiled {len(report.written)}, skipped {len(report.skipped)} (already done), "
@@ -99,55 +117,94 @@ def baseline(
     config: Annotated[Path, typer.Argument(help="YAML config whose data to cluster")],
     split: Annotated[str, typer.Option(help="test or val")] = "test",
     out: Annotated[Path | None, typer.Option("--out", help="Write the scores to this JSON file")] = None,
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: a.b=value")] = None,
+    set_: Overrides = None,
 ) -> None:
     """The reference baseline: k-means directly on the raw pixels of the held-out instances."""
-    from pathoucc.config import load_config
     from pathoucc.evaluate import evaluate_raw_pixels
-    from pathoucc.io import write_json
 
     result = evaluate_raw_pixels(load_config(config, set_ or []), split=split)
+    print_scores({f"raw pixels ({split})": result})
     if out is not None:
         write_json(out, result)
 
 
 @app.command()
 def cluster(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `pathoucc train`")],
-    k: Annotated[int | None, typer.Option("--k", help="Clusters (default: eval.k or the training classes)")] = None,
+    run: RunFolder,
+    k: Clusters = None,
     tiles: Annotated[list[Path] | None, typer.Option("--tiles", help="Fit on these tile files instead")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Patches per forward pass")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    batch_size: BatchSize = None,
+    device: Device = "auto",
 ) -> None:
     """Fit the run's shared k-means on its training data: <run>/kmeans-k<K>.npz, used by `pathoucc segment`."""
-    from pathoucc.cluster_model import cluster_run
+    from pathoucc.kmeans import cluster_run
 
-    cm, path = cluster_run(run, k=k, tile_paths=tiles or None, batch_size=batch_size, device=_device(device),
+    o = validate_options(SegmentOptions, dict(k=k, batch_size=batch_size, device=device))
+    cm, path = cluster_run(run, k=o.k, tile_paths=tiles or None, batch_size=o.batch_size, device=o.device,
                            progress=sys.stderr.isatty())
     typer.echo(f"k-means with k={cm.k} on {cm.num_features} features -> {path}")
 
 
 @app.command()
 def segment(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `pathoucc train`")],
+    run: RunFolder,
     tiles: Annotated[list[Path], typer.Argument(help="Tile files (.h5) written by `pathoucc tile`")],
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default <run>/segments)")] = None,
-    k: Annotated[int | None, typer.Option("--k", help="Clusters (default: eval.k or the training classes)")] = None,
+    k: Clusters = None,
     mask: Annotated[Path | None, typer.Option(help="Label mask to score against (or a folder of masks)")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Patches per forward pass")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    batch_size: BatchSize = None,
+    device: Device = "auto",
 ) -> None:
     """Cluster every patch of each slide with the run's shared k-means: maps, overlays, CSV/HDF5, GeoJSON, scores."""
     from pathoucc.segment import segment_run
 
-    segment_run(run, tiles, out=out, k=k, batch_size=batch_size, device=_device(device), mask=mask,
-                progress=sys.stderr.isatty())
+    o = validate_options(SegmentOptions, dict(k=k, mask=mask, batch_size=batch_size, device=device))
+    report = segment_run(run, tiles, out=out, options=o, progress=sys.stderr.isatty())
+    if report.fitted:
+        typer.echo(f"fitted k-means (k={report.kmeans.k}) on the run's training data -> {report.kmeans_path}")
+    for seg in report.slides:
+        typer.echo(f"{seg.name}: {len(seg.clusters)} patches, {seg.extra['num_regions']} regions -> "
+                   f"{seg.extra['folder']}")
+    if any(s.scores for s in report.slides):
+        print_segment_scores([s.scores for s in report.slides if s.scores])
 
 
-def _device(name: str) -> str:
-    if name not in ("auto", "cpu", "cuda"):
-        raise PathouccError(f"--device must be auto, cpu or cuda, got {name!r}")
-    return name
+def _run_name(run: Path) -> str:
+    """The run's config name (from its ``config.yaml``), else the folder's name."""
+    from pathoucc.run import CONFIG
+
+    return load_config(run / CONFIG).name if (run / CONFIG).is_file() else run.name
+
+
+def print_scores(rows: dict[str, dict[str, Any]]) -> None:
+    """A rich table of clustering scores, one row per run (or baseline)."""
+    table = Table(title="clustering")
+    for col in ("run", "accuracy", "NMI", "ARI", "k", "instances"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    for name, r in rows.items():
+        table.add_row(name, f"{r['accuracy']:.4f}", f"{r['nmi']:.4f}", f"{r['ari']:.4f}", str(r["k"]),
+                      str(r["num_instances"]))
+    Console().print(table)
+
+
+def print_segment_scores(rows: list[dict[str, Any]]) -> None:
+    """A rich table: one row per slide, then its per-class Dice/IoU."""
+    table = Table(title="segmentation")
+    for col in ("slide", "k", "patches", "ACC", "NMI", "ARI", "map ACC", "Dice", "IoU"):
+        table.add_column(col, justify="left" if col == "slide" else "right")
+    for r in rows:
+        p, m = r["patches"], r["map"]
+        table.add_row(r["slide"], str(r["k"]), str(p["num_patches"]), f"{p['accuracy']:.4f}", f"{p['nmi']:.4f}",
+                      f"{p['ari']:.4f}", f"{m['accuracy']:.4f}", f"{m['mean_dice']:.4f}", f"{m['mean_iou']:.4f}")
+    per = Table(title="per class (map, after matching)")
+    for col in ("slide", "class", "cells", "Dice", "IoU"):
+        per.add_column(col, justify="left" if col in ("slide", "class") else "right")
+    for r in rows:
+        for name, v in r["map"]["per_class"].items():
+            per.add_row(r["slide"], name, str(v["cells"]), f"{v['dice']:.4f}", f"{v['iou']:.4f}")
+    console = Console()
+    console.print(table)
+    console.print(per)
 
 
 def main() -> None:
@@ -167,8 +224,6 @@ def main() -> None:
     except (typer.Exit, SystemExit) as exc:
         sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
     except Exception as exc:  # click usage errors and the like
-        import click
-
         if isinstance(exc, click.ClickException):
             exc.show()
             sys.exit(exc.exit_code)

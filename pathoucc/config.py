@@ -1,4 +1,5 @@
-"""Typed run configuration: YAML files validated into pydantic models, with ``a.b=value`` overrides."""
+"""Typed options, validated once: a run's configuration (YAML files with ``a.b=value`` overrides, :class:`Config`),
+how slides are tiled (:class:`TileOptions`) and how a run segments them (:class:`SegmentOptions`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pathoucc.errors import PathouccError
+from pathoucc.files import write_text
 
 
 class _Section(BaseModel):
@@ -110,6 +112,56 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
+class TileOptions(_Section):
+    """How ``pathoucc tile`` cuts a slide: ``patch_size`` and ``stride`` (default: the patch size) in output-level
+    pixels; the output level from one of ``level``, ``magnification``, ``mpp``, ``downsample`` (default level 0);
+    patches with a tissue fraction of at least ``tissue_threshold`` are kept. With a mask or GeoJSON, regions
+    (bags) are ``region_size`` windows and a patch takes the class covering ``min_label_coverage`` of it."""
+
+    patch_size: int = Field(224, ge=1)
+    stride: int | None = Field(None, ge=1)
+    level: int | None = Field(None, ge=0)
+    magnification: float | None = Field(None, gt=0)
+    mpp: float | None = Field(None, gt=0)
+    downsample: float | None = Field(None, gt=0)
+    tissue_threshold: float = Field(0.5, ge=0, le=1)
+    region_size: int = Field(512, ge=1)
+    classes: list[str] | None = None
+    zero_is_background: bool = True
+    min_label_coverage: float = Field(0.5, ge=0, le=1)
+    workers: int | None = Field(None, ge=1)
+    compression: Literal["gzip", "lzf", "none"] = "gzip"
+    overwrite: bool = False
+
+    @property
+    def step(self) -> int:
+        """The grid step: ``stride``, or the patch size."""
+        return self.patch_size if self.stride is None else self.stride
+
+
+class SegmentOptions(_Section):
+    """How ``pathoucc segment`` clusters slides: ``k`` clusters (default: ``eval.k`` or the training classes),
+    ``batch_size`` patches per forward pass (default: from ``eval.batch_size``), the ``device``, and a label
+    ``mask`` (or folder of masks) to score against."""
+
+    k: int | None = Field(None, ge=2)
+    batch_size: int | None = Field(None, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    mask: Path | None = None
+
+
+def validate_options(cls: type[_Section], values: dict[str, Any]) -> Any:
+    """``cls(**values)``; a bad value is a :class:`PathouccError` naming its option (``--patch-size: ...``)."""
+    try:
+        return cls(**values)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        name = "--" + "-".join(str(p) for p in err["loc"][:1]).replace("_", "-")
+        msg = err["msg"].removeprefix("Value error, ")
+        shown = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
+        raise PathouccError(f"{name}: {msg}{shown}") from None
+
+
 def _section_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The valid keys at ``loc`` (the section the bad key sits in)."""
     for part in loc[:-1]:
@@ -198,6 +250,4 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
 
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically)."""
-    from pathoucc.io import write_text
-
     write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False))

@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pathoucc.io import atomic_path
+from pathoucc.files import atomic_path
 
 
 def plot_training_curves(metrics_jsonl: str | Path, out_png: str | Path) -> None:
     """Plot every logged metric of a run (``metrics.jsonl``) against the step, one panel per metric."""
-    import matplotlib
+    import matplotlib  # heavy: imported on use
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -16,62 +16,60 @@ import torch
 import torch.nn.functional as F
 
 from pathoucc.config import Config, load_config, save_config
+from pathoucc.data.augment import build_augment
 from pathoucc.data.bags import create_bag_sampler
-from pathoucc.data.pool import InstancePool, load_pools
+from pathoucc.data.pool import InstancePool
+from pathoucc.data.sources import load_pools
 from pathoucc.errors import PathouccError
-from pathoucc.io import atomic_path, ensure_writable_dir
+from pathoucc.files import atomic_path, ensure_writable_dir
 from pathoucc.models import UCCModel, create_model
+from pathoucc.plots import plot_training_curves
+from pathoucc.run import (
+    CHECKPOINT,
+    CONFIG,
+    CURVES,
+    LOG,
+    METRICS_LOG,
+    MODEL,
+    load_checkpoint,
+    save_model,
+    save_weights,
+    snapshot_path,
+)
+from pathoucc.runtime import progress_bar, seed_everything, select_device
+
+__all__ = ["Trainer", "lr_factor", "train_run", "ucc_loss_terms"]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-MODEL = "model.pt"
-CONFIG = "config.yaml"
-METRICS_LOG = "metrics.jsonl"
+ONECYCLE_WARMUP = 0.3  # share of the steps spent warming up under ``onecycle`` (unless train.warmup_steps is set)
+ONECYCLE_START = 1 / 25  # lr factor at step 0 under ``onecycle`` (torch's div_factor 25)
+ONECYCLE_END = 1 / 25 / 1e4  # lr factor at the last step under ``onecycle`` (torch's final_div_factor 1e4)
 
 
-def select_device(name: str) -> torch.device:
-    """``auto`` -> CUDA when present, else CPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PathouccError("train.device is 'cuda' but no CUDA device is available")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.backends.cudnn.benchmark = False
-
-
-def build_augment(specs: list[dict[str, Any]]):
-    """An albumentations ``Compose`` from ``[{"name": "HorizontalFlip", "p": 0.5}, …]`` (None if empty)."""
-    if not specs:
-        return None
-    import albumentations as A
-
-    transforms = []
-    for spec in specs:
-        spec = dict(spec)
-        name = spec.pop("name", None)
-        cls = getattr(A, str(name), None)
-        if not isinstance(cls, type):
-            raise PathouccError(f"data.augment: unknown albumentations transform {name!r}")
-        try:
-            transforms.append(cls(**spec))
-        except (TypeError, ValueError) as exc:
-            raise PathouccError(f"data.augment: {name}: {exc}") from None
-    return A.Compose(transforms)
+def _cosine(start: float, end: float, progress: float) -> float:
+    """From ``start`` (progress 0) to ``end`` (progress >= 1) along half a cosine."""
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
 def lr_factor(cfg: Config, step: int) -> float:
-    """Learning-rate multiplier at ``step`` (linear warm-up, then constant or cosine to zero)."""
+    """Learning-rate multiplier at ``step``.
+
+    ``constant`` and ``cosine`` (to zero) follow a linear warm-up of ``warmup_steps``; ``onecycle`` is torch's
+    one-cycle policy: a cosine rise from lr/25 to lr over ``warmup_steps`` (default 30 % of the steps), then a
+    cosine fall to lr/25e4 at the last step.
+    """
     t = cfg.train
+    if t.schedule == "onecycle":
+        up = t.warmup_steps or max(1, round(ONECYCLE_WARMUP * t.steps))
+        if step < up:
+            return _cosine(ONECYCLE_START, 1.0, step / up)
+        return _cosine(1.0, ONECYCLE_END, (step - up) / max(1, t.steps - up))
     if t.warmup_steps and step < t.warmup_steps:
         return (step + 1) / t.warmup_steps
     if t.schedule == "constant":
         return 1.0
-    progress = (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return _cosine(1.0, 0.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
 
 
 def ucc_loss_terms(model: UCCModel, bags: torch.Tensor, ucc_target: torch.Tensor,
@@ -145,14 +143,12 @@ class Trainer:
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
 
     def save_checkpoint(self) -> None:
-        with atomic_path(self.run_dir / CHECKPOINT) as tmp:
-            torch.save(self.state_dict(), tmp)
+        save_weights(self.state_dict(), self.run_dir / CHECKPOINT)
 
     def save_snapshot(self) -> None:
         """Weights at this step (``snapshots/step-NNNNNNN.pt``), for accuracy-against-time curves."""
-        state = {"model": self.model.state_dict(), "step": self.step, "elapsed": self.elapsed}
-        with atomic_path(self.run_dir / "snapshots" / f"step-{self.step:07d}.pt") as tmp:
-            torch.save(state, tmp)
+        save_weights({"model": self.model.state_dict(), "step": self.step, "elapsed": self.elapsed},
+                     snapshot_path(self.run_dir, self.step))
 
     # ----------------------------------------------------------------- loop
     def _batch(self, indices: np.ndarray, augment: bool) -> torch.Tensor:
@@ -202,12 +198,8 @@ class Trainer:
         budget = t.max_minutes * 60 if t.max_minutes else math.inf
         metrics_path = self.run_dir / METRICS_LOG
         running: dict[str, list[float]] = {}
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        columns = (TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   TextColumn("{task.fields[info]}"))
-        with Progress(*columns, disable=not progress) as bar, metrics_path.open("a") as mlog:
-            task = bar.add_task("train", total=t.steps, completed=self.step, info="")
+        info = ""
+        with progress_bar(progress, "train", t.steps, self.step, "steps") as advance, metrics_path.open("a") as mlog:
             while self.step < t.steps and self.elapsed < budget:
                 start = time.perf_counter()
                 try:
@@ -229,11 +221,9 @@ class Trainer:
                     record = {"step": self.step, "elapsed_s": round(self.elapsed, 3)} | record
                     mlog.write(json.dumps(record) + "\n")
                     mlog.flush()
-                    bar.update(task, completed=self.step,
-                               info=f"ucc_loss {record.get('ucc_loss', float('nan')):.3f} "
-                                    f"acc {record.get('ucc_acc', float('nan')):.2f}")
-                else:
-                    bar.update(task, completed=self.step)
+                    info = (f"ucc_loss {record.get('ucc_loss', float('nan')):.3f} "
+                            f"acc {record.get('ucc_acc', float('nan')):.2f}")
+                advance(1, info)
                 if self.step % t.checkpoint_every == 0:
                     self.save_checkpoint()
                 if t.snapshot_every and self.step % t.snapshot_every == 0:
@@ -250,32 +240,11 @@ def _unjsonable(obj: Any) -> Any:
     return json.loads(obj) if isinstance(obj, str) else obj
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint safely (``weights_only``); a corrupt or foreign file is a one-line error."""
-    if not path.is_file():
-        raise PathouccError("no checkpoint to resume from", path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise PathouccError(f"corrupt or unreadable checkpoint ({type(exc).__name__})", path) from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise PathouccError("not a pathoucc checkpoint", path)
-    return state
-
-
-def save_model(model: UCCModel, cfg: Config, path: Path) -> None:
-    """Final weights plus the config that built them (readable with ``weights_only=True``)."""
-    with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "config": json.dumps(cfg.to_dict()),
-                    "num_ucc": cfg.bags.ucc_max - cfg.bags.ucc_min + 1}, tmp)
-
-
-def train_run(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True,
-              evaluate: bool = True) -> dict[str, Any]:
-    """Train ``cfg`` into ``run_dir`` (config, metrics, checkpoints, model, plot), then evaluate.
+def train_run(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
+    """Train ``cfg`` into ``run_dir`` (config, metrics, checkpoints, model, plot); returns the run folder.
 
     With ``resume`` the run continues from ``run_dir/checkpoint.pt``; the result equals an uninterrupted
-    run with the same seed on the same machine. Returns the evaluation metrics (empty without ``evaluate``).
+    run with the same seed on the same machine. Score it with :func:`pathoucc.evaluate.evaluate_run`.
     """
     run_dir = Path(run_dir)
     ckpt = run_dir / CHECKPOINT
@@ -302,14 +271,8 @@ def train_run(cfg: Config, run_dir: str | Path, resume: bool = False, progress: 
     save_config(cfg, run_dir / CONFIG)
     trainer.fit(progress=progress)
     save_model(trainer.model, cfg, run_dir / MODEL)
-    from pathoucc.plots import plot_training_curves
-
-    plot_training_curves(run_dir / METRICS_LOG, run_dir / "training_curves.png")
-    if not evaluate:
-        return {}
-    from pathoucc.evaluate import evaluate_run
-
-    return evaluate_run(run_dir, device=trainer.device)
+    plot_training_curves(run_dir / METRICS_LOG, run_dir / CURVES)
+    return run_dir
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -321,7 +284,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def _setup_file_logging(run_dir: Path) -> None:
-    handler = logging.FileHandler(run_dir / "train.log")
+    handler = logging.FileHandler(run_dir / LOG)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("pathoucc")
     root.setLevel(logging.INFO)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pathoucc.config import load_config
-from pathoucc.evaluate import evaluate_raw_pixels
+from pathoucc.evaluate import evaluate_raw_pixels, evaluate_run
 from pathoucc.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_mnist_smoke_clusters_far_better_than_raw_pixels(tmp_path: Path) -> None:
     cfg = load_config(ROOT / "configs" / "mnist-smoke.yaml", [f"data.root={ROOT / 'data'}"])
-    result = train_run(cfg, tmp_path / "run", progress=False)
-    raw = evaluate_raw_pixels(cfg, show=False)
+    result = evaluate_run(train_run(cfg, tmp_path / "run", progress=False))
+    raw = evaluate_raw_pixels(cfg)
     assert result["num_instances"] == raw["num_instances"] == 10_000  # the official test set
     assert raw["accuracy"] < 0.65
     assert result["accuracy"] > 0.8 and result["accuracy"] > raw["accuracy"] + 0.2

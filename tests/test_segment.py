@@ -15,13 +15,13 @@ import torch
 from PIL import Image
 
 from pathoucc import segment as seg_mod
-from pathoucc.cluster_model import ClusterModel, fit_cluster_model, load_or_fit
 from pathoucc.config import config_from_dict
 from pathoucc.errors import PathouccError
-from pathoucc.geojson import trace_rings
-from pathoucc.maps import cluster_colors, map_on_image
+from pathoucc.kmeans import ClusterModel, fit_cluster_model, load_or_fit
 from pathoucc.segment import accumulate_map, score_segmentation, segment_tiles, write_segmentation
-from pathoucc.slides.h5 import open_tiles
+from pathoucc.segment.geojson import trace_rings
+from pathoucc.segment.maps import cluster_colors, map_on_image
+from pathoucc.slides.tilefile import open_tiles
 from pathoucc.slides.tiler import tile_slide
 
 P = 32
@@ -283,7 +283,7 @@ def test_overlapping_patches_give_a_finer_map(left_right) -> None:
 
 
 def test_outputs_are_all_or_nothing(design_slide, segmented, tmp_path: Path, monkeypatch) -> None:
-    import pathoucc.geojson
+    import pathoucc.segment.write
 
     out = tmp_path / "out"
     with open_tiles(design_slide["h5"]) as tiles:
@@ -294,7 +294,7 @@ def test_outputs_are_all_or_nothing(design_slide, segmented, tmp_path: Path, mon
         def boom(*args, **kwargs):
             raise PathouccError("disk full", out)
 
-        monkeypatch.setattr(pathoucc.geojson, "write_feature_collection", boom)
+        monkeypatch.setattr(pathoucc.segment.write, "write_feature_collection", boom)
         with pytest.raises(PathouccError, match="disk full"):
             write_segmentation(seg, tiles, out, cluster_colors(3))
     assert [p.name for p in out.iterdir()] == ["design"]  # the temporary folder is gone

@@ -9,8 +9,8 @@ from slide_fixtures import CELL, GRID, MARGIN, REGION_CELLS, blank_slide, cell_c
 
 from pathoucc.errors import PathouccError
 from pathoucc.slides import tiler
-from pathoucc.slides.h5 import open_tiles
 from pathoucc.slides.reader import open_slide
+from pathoucc.slides.tilefile import open_tiles
 from pathoucc.slides.tiler import output_paths, tile_slide, tile_slides
 
 __all__ = ["digit_slide"]  # the fixture is used by name

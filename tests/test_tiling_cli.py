@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from slide_fixtures import CELL, GRID, digit_slide
 
-from pathoucc.slides.h5 import open_tiles
+from pathoucc.slides.tilefile import open_tiles
 
 __all__ = ["digit_slide"]
 

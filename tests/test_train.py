@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import torch
 
 from pathoucc.config import config_from_dict
 from pathoucc.errors import PathouccError
-from pathoucc.evaluate import evaluate_raw_pixels, evaluate_run, load_run
-from pathoucc.train import CHECKPOINT, Trainer, train_run
+from pathoucc.evaluate import evaluate_raw_pixels, evaluate_run
+from pathoucc.run import CHECKPOINT, load_run
+from pathoucc.train import Trainer, lr_factor, train_run
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -20,7 +22,8 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 def test_train_writes_a_complete_run(tmp_path: Path, tiny_config: dict) -> None:
     run = tmp_path / "run"
-    result = train_run(config_from_dict(tiny_config), run, progress=False)
+    assert train_run(config_from_dict(tiny_config), run, progress=False) == run
+    result = evaluate_run(run)
     for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "model.pt", "training_curves.png", "metrics.json",
                  "train.log"):
         assert (run / name).is_file(), name
@@ -34,13 +37,12 @@ def test_train_writes_a_complete_run(tmp_path: Path, tiny_config: dict) -> None:
 
 
 def test_same_seed_same_result(tmp_path: Path, tiny_config: dict) -> None:
-    a = train_run(config_from_dict(tiny_config), tmp_path / "a", progress=False, evaluate=False)
-    b = train_run(config_from_dict(tiny_config), tmp_path / "b", progress=False, evaluate=False)
-    assert a == b == {}
+    train_run(config_from_dict(tiny_config), tmp_path / "a", progress=False)
+    train_run(config_from_dict(tiny_config), tmp_path / "b", progress=False)
     for k, v in _weights(tmp_path / "a").items():
         torch.testing.assert_close(v, _weights(tmp_path / "b")[k], rtol=0, atol=0)
     tiny_config["seed"] = 4
-    train_run(config_from_dict(tiny_config), tmp_path / "c", progress=False, evaluate=False)
+    train_run(config_from_dict(tiny_config), tmp_path / "c", progress=False)
     assert not torch.equal(_weights(tmp_path / "a")["head.weight"], _weights(tmp_path / "c")["head.weight"])
 
 
@@ -52,7 +54,7 @@ class _Killed(BaseException):
 def test_stopped_run_resumes_to_the_same_weights(tmp_path: Path, tiny_config: dict, monkeypatch, stop,
                                                  checkpoint_step) -> None:
     cfg = config_from_dict(tiny_config)
-    train_run(cfg, tmp_path / "full", progress=False, evaluate=False)
+    train_run(cfg, tmp_path / "full", progress=False)
 
     original = Trainer.train_step
 
@@ -63,15 +65,15 @@ def test_stopped_run_resumes_to_the_same_weights(tmp_path: Path, tiny_config: di
 
     monkeypatch.setattr(Trainer, "train_step", dying_step)
     with pytest.raises(stop):
-        train_run(cfg, tmp_path / "killed", progress=False, evaluate=False)
+        train_run(cfg, tmp_path / "killed", progress=False)
     # a hard kill leaves the last periodic checkpoint (every 2 steps); Ctrl-C saves the last finished step
     assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)["step"] == checkpoint_step
     assert not (tmp_path / "killed" / "model.pt").exists()
     monkeypatch.setattr(Trainer, "train_step", original)
 
     with pytest.raises(PathouccError, match="already holds a checkpoint"):
-        train_run(cfg, tmp_path / "killed", progress=False, evaluate=False)
-    train_run(cfg, tmp_path / "killed", resume=True, progress=False, evaluate=False)
+        train_run(cfg, tmp_path / "killed", progress=False)
+    train_run(cfg, tmp_path / "killed", resume=True, progress=False)
     for k, v in _weights(tmp_path / "full").items():
         torch.testing.assert_close(v, _weights(tmp_path / "killed")[k], rtol=0, atol=0)
     steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
@@ -93,16 +95,16 @@ def test_corrupt_checkpoint_is_reported(tmp_path: Path, tiny_config: dict) -> No
 
 def test_time_budget_stops_training(tmp_path: Path, tiny_config: dict) -> None:
     tiny_config["train"] |= {"steps": 100_000, "max_minutes": 0.001}
-    train_run(config_from_dict(tiny_config), tmp_path / "run", progress=False, evaluate=False)
+    train_run(config_from_dict(tiny_config), tmp_path / "run", progress=False)
     assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["step"] < 100
 
 
 def test_evaluate_run_and_raw_pixel_baseline(tmp_path: Path, tiny_config: dict) -> None:
     cfg = config_from_dict(tiny_config)
-    train_run(cfg, tmp_path / "run", progress=False, evaluate=False)
-    val = evaluate_run(tmp_path / "run", split="val", show=False)
+    train_run(cfg, tmp_path / "run", progress=False)
+    val = evaluate_run(tmp_path / "run", split="val")
     assert val["split"] == "val" and val["num_instances"] == 299
-    raw = evaluate_raw_pixels(cfg, show=False)
+    raw = evaluate_raw_pixels(cfg)
     # k-means on the raw 8×8 digits is a strong baseline on this tiny set: well above chance
     assert raw["accuracy"] > 0.5 and raw["method"] == "kmeans-raw-pixels"
     _, model = load_run(tmp_path / "run")
@@ -117,7 +119,23 @@ def test_wrong_input_shape_is_reported(tmp_path: Path, tiny_config: dict) -> Non
 
 def test_augmentations_from_the_config(tmp_path: Path, tiny_config: dict) -> None:
     tiny_config["data"]["augment"] = [{"name": "HorizontalFlip", "p": 0.5}]
-    train_run(config_from_dict(tiny_config), tmp_path / "run", progress=False, evaluate=False)
+    train_run(config_from_dict(tiny_config), tmp_path / "run", progress=False)
     tiny_config["data"]["augment"] = [{"name": "NoSuchTransform"}]
     with pytest.raises(PathouccError, match="NoSuchTransform"):
         train_run(config_from_dict(tiny_config), tmp_path / "run2", progress=False)
+
+
+def test_onecycle_warms_up_then_anneals(tiny_config: dict) -> None:
+    tiny_config["train"] |= {"steps": 100, "schedule": "onecycle"}
+    cfg = config_from_dict(tiny_config)
+    factors = [lr_factor(cfg, s) for s in range(101)]
+    assert factors[0] == pytest.approx(1 / 25)  # torch's OneCycleLR: starts at lr / div_factor
+    assert max(factors) == factors[30] == pytest.approx(1.0)  # the peak after 30 % of the steps
+    assert all(a < b for a, b in itertools.pairwise(factors[:31]))  # rises ...
+    assert all(a > b for a, b in itertools.pairwise(factors[30:]))  # ... then falls
+    assert factors[100] == pytest.approx(1 / 25 / 1e4)  # to lr / (div_factor * final_div_factor)
+    tiny_config["train"]["warmup_steps"] = 10
+    assert lr_factor(config_from_dict(tiny_config), 10) == pytest.approx(1.0)
+    tiny_config["train"]["schedule"] = "cosine"  # unchanged: linear warm-up, cosine to zero
+    cosine = config_from_dict(tiny_config)
+    assert lr_factor(cosine, 0) == pytest.approx(0.1) and lr_factor(cosine, 100) == pytest.approx(0.0)

@@ -10,8 +10,9 @@ import pytest
 from slide_fixtures import CELL, digit_slide
 
 from pathoucc.config import DataConfig, config_from_dict
-from pathoucc.data.pool import load_pools
+from pathoucc.data.sources import load_pools
 from pathoucc.errors import PathouccError
+from pathoucc.evaluate import evaluate_run
 from pathoucc.slides.tiler import tile_slide
 from pathoucc.train import train_run
 
@@ -54,11 +55,11 @@ def test_train_on_tiles_with_timm_and_augmentations(tiles: dict[str, Path], tmp_
         "eval": {"n_init": 1, "batch_size": 64},
     })
     with pytest.raises(PathouccError, match="carry no class labels"):  # the plain tiles have no classes
-        train_run(cfg, tmp_path / "run", progress=False)
+        evaluate_run(train_run(cfg, tmp_path / "run", progress=False))
     result = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert result["step"] == 2 and "val_ucc_loss" in result
     cfg.data.test_tiles = [str(tiles["labelled"])]
-    scores = train_run(cfg, tmp_path / "run2", progress=False)
+    scores = evaluate_run(train_run(cfg, tmp_path / "run2", progress=False))
     assert scores["k"] == 10 or scores["k"] == len(set(np.unique(load_pools(cfg.data, ("test",))["test"].labels)))
     assert 0 <= scores["accuracy"] <= 1
 

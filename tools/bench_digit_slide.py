@@ -24,6 +24,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
+from repo_paths import command, relative  # noqa: E402
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -36,7 +38,8 @@ def main() -> None:
 
     from make_digit_slide import make_digit_slide
 
-    from pathoucc.config import load_config
+    from pathoucc.config import SegmentOptions, load_config
+    from pathoucc.evaluate import evaluate_run
     from pathoucc.segment import segment_run
     from pathoucc.slides.tiler import tile_slides
     from pathoucc.train import train_run
@@ -59,16 +62,19 @@ def main() -> None:
     cfg = load_config(ROOT / "configs" / "digit-slide.yaml", overrides)
     start = time.perf_counter()
     resume = (args.run / "checkpoint.pt").exists()
-    patch_scores = train_run(cfg, args.run, resume=resume, progress=sys.stderr.isatty())
+    patch_scores = evaluate_run(train_run(cfg, args.run, resume=resume, progress=sys.stderr.isatty()))
     timings["train_and_evaluate_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    seg = segment_run(args.run, [tiles / "test.h5"], out=args.run / "segments", mask=args.work / "test_mask.png",
-                      show=False)[0]
+    seg = segment_run(args.run, [tiles / "test.h5"], out=args.run / "segments",
+                      options=SegmentOptions(mask=args.work / "test_mask.png")).slides[0]
     timings["segment_s"] = time.perf_counter() - start
     result = {
         "date": date.today().isoformat(),
-        "command": " ".join(["python", "tools/bench_digit_slide.py", *sys.argv[1:]]),
+        "command": command("bench_digit_slide.py", sys.argv[1:]),
+        "config": {"file": "configs/digit-slide.yaml", "resolved": cfg.to_dict() | {"data": cfg.data.model_dump() | {
+            "train_tiles": [relative(p) for p in cfg.data.train_tiles],
+            "test_tiles": [relative(p) for p in cfg.data.test_tiles]}}},
         "test_patches_clustering": patch_scores,
         "segmentation_scores": seg.scores,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},

@@ -22,15 +22,19 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+
+from repo_paths import command, relative  # noqa: E402
 
 
 def child(config: str, out: str, overrides: list[str]) -> None:
     """Train in this process; print wall-clock seconds and peak RSS as JSON on the last line."""
     from pathoucc.config import load_config
+    from pathoucc.evaluate import evaluate_run
     from pathoucc.train import train_run
 
     start = time.perf_counter()
-    metrics = train_run(load_config(config, overrides), out, progress=False)
+    metrics = evaluate_run(train_run(load_config(config, overrides), out, progress=False))
     wall = time.perf_counter() - start
     rss_gb = peak_rss_gb()
     print(json.dumps({"wall_s": wall, "peak_rss_gb": rss_gb, "metrics": metrics}))
@@ -49,7 +53,7 @@ def peak_rss_gb() -> float:
 
 def run_child(config: Path, out: Path, overrides: list[str]) -> dict:
     cmd = [sys.executable, __file__, "--child", str(config), str(out), *overrides]
-    print("$", " ".join(cmd[1:]), flush=True)
+    print("$", " ".join(relative(c) for c in cmd[1:]), flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"benchmark run failed:\n{proc.stderr[-3000:]}")
@@ -98,7 +102,11 @@ def main() -> None:
     from pathoucc.config import load_config
     from pathoucc.evaluate import evaluate_raw_pixels
 
-    raw = evaluate_raw_pixels(load_config(args.config, [data]), "test", show=False)
+    raw = evaluate_raw_pixels(load_config(args.config, [data]), "test")
+    configs = {relative(args.config): load_config(args.config, [data]).to_dict(),
+               relative(args.paper_config): load_config(args.paper_config, [data]).to_dict()}
+    for c in configs.values():
+        c["data"]["root"] = relative(c["data"]["root"])
 
     accs = [r["metrics"]["accuracy"] for r in runs]
     paper_best = max(r["accuracy"] for r in paper["curve"])
@@ -107,7 +115,8 @@ def main() -> None:
         "date": date.today().isoformat(),
         "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version()},
-        "command": " ".join(["python", "tools/bench_mnist.py", *sys.argv[1:]]),
+        "command": command("bench_mnist.py", sys.argv[1:]),
+        "configs": configs,  # as loaded; each run adds its seed, snapshot and budget overrides (see "command")
         "runs": runs, "paper": paper, "raw_pixels": raw,
         "median_accuracy": statistics.median(accs), "budget_s": budget_s,
         "paper_best_accuracy": paper_best, "ours_time_to_paper_best_s": ours_t,

@@ -28,6 +28,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
+
+from repo_paths import relative  # noqa: E402
+
 HE_IMAGE = ROOT.parent / "shared" / "data" / "he_tile_1000.png"
 
 
@@ -45,10 +48,10 @@ def _model(backbone: str, size: int, widths: list[int] | None = None):
 
 def _cluster_model(model, tiles, k: int = 10):
     """k-means on the features of the first patches (only so that assignments have real centres)."""
-    from pathoucc.cluster import fit_kmeans
-    from pathoucc.cluster_model import ClusterModel, iter_tile_features
+    from pathoucc.features import iter_features
+    from pathoucc.kmeans import ClusterModel, fit_kmeans
 
-    feats = np.concatenate([f for _, f in iter_tile_features(model, tiles, 64, "cpu",
+    feats = np.concatenate([f for _, f in iter_features(model, tiles, 64, "cpu",
                                                              np.arange(min(tiles.num_patches, 256)))])
     km = fit_kmeans(feats, k, 0, 1)
     return ClusterModel(km.cluster_centers_.astype(np.float32), 0, max(km.inertia_ / len(feats), 1e-8))
@@ -81,7 +84,7 @@ def he_tiles(work: Path) -> Path:
 def throughput(model, h5: Path, batch_size: int, repeats: int = 2) -> tuple[int, float]:
     """(patches, best patches/s) of feature extraction + cluster assignment over the whole tile file."""
     from pathoucc.segment import segment_tiles
-    from pathoucc.slides.h5 import open_tiles
+    from pathoucc.slides.tilefile import open_tiles
 
     with open_tiles(h5) as tiles:
         cm = _cluster_model(model, tiles)
@@ -95,9 +98,9 @@ def throughput(model, h5: Path, batch_size: int, repeats: int = 2) -> tuple[int,
 
 def child_memory(h5: Path, out: Path) -> None:
     """Run in a fresh process: the whole per-slide pipeline, then print ru_maxrss (MiB) and timings as JSON."""
-    from pathoucc.maps import cluster_colors
     from pathoucc.segment import segment_tiles, write_segmentation
-    from pathoucc.slides.h5 import open_tiles
+    from pathoucc.segment.maps import cluster_colors
+    from pathoucc.slides.tilefile import open_tiles
 
     torch.set_num_threads(2)
     model = _model("conv", 32, [32, 64, 128])
@@ -164,7 +167,7 @@ def main() -> None:
     for m in memory:
         print(f"| {m['slide'][0]} x {m['slide'][1]} px | {m['patches']} | {m['seconds']:.1f} | {m['rss_mib']:.0f} |")
     print()
-    print(f"command: nice -n 10 {Path(sys.executable).name} tools/bench_segment.py --work {args.work} "
+    print(f"command: nice -n 10 python tools/bench_segment.py --work {relative(args.work)} "
           f"--small {args.small} --large {args.large}; torch threads 2; nproc {os.cpu_count()}")
 
 

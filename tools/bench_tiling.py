@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> None:
                "--workers", str(args.workers), "--compression", args.compression, "--overwrite"]
         print(f"$ {shlex.join(cmd)}", flush=True)
         wall, rss = run_measured(cmd)
-        from pathoucc.slides.h5 import open_tiles
+        from pathoucc.slides.tilefile import open_tiles
 
         tiles = open_tiles(out / f"{slide.stem}.h5")
         side = tiles.slide_dimensions[0]

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from pathoucc.errors import PathouccError
-from pathoucc.io import atomic_path
+from pathoucc.files import atomic_path
 from pathoucc.slides.pyramid import pyramid_downsamples, write_pyramid_tiff
 
 TISSUE = np.array([238, 176, 214], np.float32)  # pink eosin-like background

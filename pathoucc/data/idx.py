@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pathoucc.errors import PathouccError
-from pathoucc.io import atomic_path
+from pathoucc.files import atomic_path
 
 # IDX type codes -> numpy big-endian dtypes.
 _DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}

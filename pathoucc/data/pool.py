@@ -1,15 +1,12 @@
-"""Instance pools: the labelled instances (images) that bags are drawn from, per split."""
+"""An instance pool: the labelled instances (images) of one split that bags are drawn from (built in
+:mod:`pathoucc.data.sources`)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-
-from pathoucc.config import DataConfig
-from pathoucc.errors import PathouccError
 
 
 @dataclass
@@ -54,32 +51,3 @@ class InstancePool:
         if transform is not None:
             batch = np.stack([transform(image=im)["image"] for im in batch])
         return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)
-
-
-def load_pools(cfg: DataConfig, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, InstancePool]:
-    """Load the requested splits of the configured source as :class:`InstancePool` objects."""
-    if cfg.source in ("mnist", "idx"):
-        if cfg.source == "mnist":
-            from pathoucc.data.mnist import load_mnist
-
-            arrays = load_mnist(cfg.root)
-        else:
-            from pathoucc.data.idx import read_idx_folder
-
-            arrays = _split_idx(read_idx_folder(cfg.root), cfg.val_fraction, Path(cfg.root))
-        return {s: InstancePool(*arrays[s]) for s in splits}
-    from pathoucc.data.tiles import load_tile_pools
-
-    return load_tile_pools(cfg, splits)
-
-
-def _split_idx(arrays: dict[str, tuple[np.ndarray, np.ndarray]], val_fraction: float,
-               root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    if "train" not in arrays or "test" not in arrays:
-        raise PathouccError(f"IDX folder needs train-* and t10k-*/test-* files, found splits {sorted(arrays)}", root)
-    x, y = arrays["train"]
-    n_val = round(len(x) * val_fraction)
-    out = dict(arrays)
-    out["train"] = (x[: len(x) - n_val], y[: len(x) - n_val])
-    out["val"] = (x[len(x) - n_val :], y[len(x) - n_val :])
-    return out

@@ -1,32 +1,10 @@
-"""Models: ``create_model`` builds a :class:`UCCModel` from a :class:`~pathoucc.config.ModelConfig`."""
+"""Models: ``create_model`` (:mod:`.factory`) builds a :class:`UCCModel` (:mod:`.ucc`) from an encoder
+(:mod:`.encoders`), a KDE layer (:mod:`.kde`) and an optional decoder (:mod:`.decoder`)."""
 
 from __future__ import annotations
 
-from pathoucc.config import ModelConfig
-from pathoucc.models.backbones import ConvDecoder, ConvEncoder, ResidualEncoder, TimmEncoder
+from pathoucc.models.factory import BUILTIN_BACKBONES, create_encoder, create_model
 from pathoucc.models.kde import KDE
 from pathoucc.models.ucc import UCCModel
 
 __all__ = ["BUILTIN_BACKBONES", "KDE", "UCCModel", "create_encoder", "create_model"]
-
-BUILTIN_BACKBONES = ("conv", "resnet")
-
-
-def create_encoder(cfg: ModelConfig):
-    """``conv`` (fast plain CNN), ``resnet`` (the paper's wide-residual encoder) or any timm model name."""
-    if cfg.backbone == "conv":
-        return ConvEncoder(cfg.in_chans, tuple(cfg.widths), cfg.input_size, cfg.blocks_per_stage)
-    if cfg.backbone == "resnet":
-        return ResidualEncoder(cfg.in_chans, tuple(cfg.widths), cfg.input_size, cfg.blocks_per_stage)
-    return TimmEncoder(cfg.backbone, cfg.in_chans, cfg.pretrained_file)
-
-
-def create_model(cfg: ModelConfig, num_ucc: int) -> UCCModel:
-    """Build the UCC model described by ``cfg`` with a ``num_ucc``-way ucc classifier."""
-    encoder = create_encoder(cfg)
-    decoder = None
-    if cfg.decoder:
-        decoder = ConvDecoder(cfg.num_features, cfg.in_chans, cfg.input_size, tuple(cfg.decoder_widths),
-                              cfg.decoder_residual)
-    return UCCModel(encoder, cfg.num_features, KDE(cfg.num_bins, cfg.sigma), list(cfg.mlp), num_ucc, decoder,
-                    cfg.feature_norm)

@@ -13,7 +13,7 @@ import numpy as np
 import tifffile
 from PIL import Image
 
-from pathoucc.io import atomic_path
+from pathoucc.files import atomic_path
 
 __all__ = ["pyramid_downsamples", "write_array_pyramid", "write_pyramid_tiff"]
 

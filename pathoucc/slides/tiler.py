@@ -1,4 +1,4 @@
-"""Cut a slide into tissue patches and write them, with count labels, to one HDF5 file (see :mod:`.h5`).
+"""Cut a slide into tissue patches and write them, with count labels, to one HDF5 file (see :mod:`.tilefile`).
 
 Patches lie on a regular grid of the output level (``stride`` output pixels apart, starting at (0, 0)); those
 whose tissue fraction reaches ``tissue_threshold`` are kept. Pixels are read in blocks of about 1024x1024 output
@@ -21,11 +21,13 @@ import h5py
 import numpy as np
 from PIL import Image
 
+from pathoucc.config import TileOptions, validate_options
 from pathoucc.errors import PathouccError
-from pathoucc.io import atomic_path, ensure_writable_dir
+from pathoucc.files import atomic_path, ensure_writable_dir
+from pathoucc.runtime import progress_bar
 from pathoucc.slides import annotations as ann
-from pathoucc.slides.h5 import FORMAT_VERSION, open_tiles
 from pathoucc.slides.reader import LevelChoice, Slide, open_slide, pick_level
+from pathoucc.slides.tilefile import FORMAT_VERSION, open_tiles
 from pathoucc.slides.tissue import TissueMask, detect_tissue, save_mask_png, tissue_fractions
 
 __all__ = ["TileReport", "output_paths", "tile_slide", "tile_slides"]
@@ -54,36 +56,30 @@ def output_paths(slide_path: str | Path, out_dir: str | Path) -> tuple[Path, Pat
     return Path(out_dir) / f"{stem}.h5", Path(out_dir) / f"{stem}_tissue.png"
 
 
-def tile_slide(slide_path: str | Path, out_dir: str | Path, *, patch_size: int = 224, stride: int | None = None,
-               level: int | None = None, magnification: float | None = None, mpp: float | None = None,
-               downsample: float | None = None, tissue_threshold: float = 0.5, region_size: int = 512,
+def tile_slide(slide_path: str | Path, out_dir: str | Path, options: TileOptions | None = None, *,
                annotations: str | Path | None = None, annotation_kind: AnnotationKind | None = None,
-               classes: list[str] | None = None, zero_is_background: bool = True, min_label_coverage: float = 0.5,
-               workers: int | None = None, compression: str = "gzip", overwrite: bool = False,
-               progress: bool = False) -> Path:
+               progress: bool = False, **values) -> Path:
     """Tile one slide into ``<out_dir>/<stem>.h5`` (plus ``<stem>_tissue.png``) and return the HDF5 path.
 
-    ``patch_size`` and ``stride`` (default ``patch_size``) are output-level pixels; the output level comes from
-    one of ``level``, ``magnification``, ``mpp``, ``downsample`` (default level 0). ``annotations`` is a label
-    mask image, a QuPath GeoJSON or a regions CSV (kind from ``annotation_kind`` or the suffix); with a mask or
-    GeoJSON, regions are ``region_size`` windows of the output level and their UCC is counted from patch labels.
-    A valid existing output with the same grid is kept unless ``overwrite``.
+    ``options`` is a :class:`~pathoucc.config.TileOptions`, or give its fields as keywords (``patch_size=224``,
+    ``level=0``, ...). ``annotations`` is a label mask image, a QuPath GeoJSON or a regions CSV (kind from
+    ``annotation_kind`` or the suffix); with a mask or GeoJSON, regions are ``region_size`` windows of the output
+    level and their UCC is counted from patch labels. A valid existing output with the same grid is kept unless
+    ``overwrite``.
     """
-    path, _ = _tile(slide_path, out_dir, patch_size=patch_size, stride=stride, level=level,
-                    magnification=magnification, mpp=mpp, downsample=downsample, tissue_threshold=tissue_threshold,
-                    region_size=region_size, annotations=annotations, annotation_kind=annotation_kind,
-                    classes=classes, zero_is_background=zero_is_background, min_label_coverage=min_label_coverage,
-                    workers=workers, compression=compression, overwrite=overwrite, progress=progress)
+    path, _ = _tile(slide_path, out_dir, _options(options, values), annotations, annotation_kind, progress)
     return path
 
 
-def tile_slides(slide_paths: list[str | Path], out_dir: str | Path, *, annotations: str | Path | None = None,
-                annotation_kind: AnnotationKind | None = None, on_error=None, **kwargs) -> TileReport:
+def tile_slides(slide_paths: list[str | Path], out_dir: str | Path, options: TileOptions | None = None, *,
+                annotations: str | Path | None = None, annotation_kind: AnnotationKind | None = None,
+                on_error=None, progress: bool = False, **values) -> TileReport:
     """Tile several slides; a slide that fails is recorded in the report (and passed to ``on_error(path, msg)``)
     while the others go on. ``annotations`` may be a folder holding ``<stem>.<ext>`` / ``<stem>_mask.<ext>``
-    files, a single file for a single slide, or a regions CSV shared by all slides. Other keyword arguments are
-    those of :func:`tile_slide`.
+    files, a single file for a single slide, or a regions CSV shared by all slides. ``options`` and ``values``
+    are those of :func:`tile_slide`.
     """
+    options = _options(options, values)
     report = TileReport()
     ensure_writable_dir(out_dir)
     slide_paths = [Path(p) for p in slide_paths]
@@ -100,7 +96,7 @@ def tile_slides(slide_paths: list[str | Path], out_dir: str | Path, *, annotatio
                                     slide_path)
             seen[slide_path.stem] = slide_path
             source = _annotation_for(slide_path, Path(annotations), kind) if annotations is not None else None
-            out, written = _tile(slide_path, out_dir, annotations=source, annotation_kind=kind, **kwargs)
+            out, written = _tile(slide_path, out_dir, options, source, kind, progress)
             (report.written if written else report.skipped).append(out)
         except (PathouccError, OSError) as exc:
             message = str(exc) if isinstance(exc, PathouccError) else f"{slide_path}: {exc}"
@@ -110,32 +106,27 @@ def tile_slides(slide_paths: list[str | Path], out_dir: str | Path, *, annotatio
     return report
 
 
-def _tile(slide_path, out_dir, *, patch_size=224, stride=None, level=None, magnification=None, mpp=None,
-          downsample=None, tissue_threshold=0.5, region_size=512, annotations=None, annotation_kind=None,
-          classes=None, zero_is_background=True, min_label_coverage=0.5, workers=None, compression="gzip",
-          overwrite=False, progress=False) -> tuple[Path, bool]:
+def _options(options: TileOptions | None, values: dict) -> TileOptions:
+    if options is not None and values:
+        raise TypeError(f"give options or keyword values, not both (got {sorted(values)})")
+    return options if options is not None else validate_options(TileOptions, values)
+
+
+def _tile(slide_path: str | Path, out_dir: str | Path, o: TileOptions, annotations: str | Path | None,
+          annotation_kind: AnnotationKind | None, progress: bool) -> tuple[Path, bool]:
     slide_path = Path(slide_path)
-    stride = patch_size if stride is None else stride
-    if patch_size < 1 or stride < 1:
-        raise PathouccError(f"patch size and stride must be positive (got {patch_size} and {stride})")
-    if not 0 <= tissue_threshold <= 1:
-        raise PathouccError(f"tissue threshold must be in [0, 1], got {tissue_threshold}")
-    if compression not in ("gzip", "lzf", "none"):
-        raise PathouccError(f"compression must be gzip, lzf or none, got {compression!r}")
     h5_path, png_path = output_paths(slide_path, out_dir)
     with open_slide(slide_path) as slide:
-        choice = pick_level(slide, magnification=magnification, mpp=mpp, level=level, downsample=downsample)
-        if h5_path.exists() and not overwrite and _is_done(h5_path, choice, patch_size, stride,
-                                                           annotations is not None):
+        choice = pick_level(slide, magnification=o.magnification, mpp=o.mpp, level=o.level, downsample=o.downsample)
+        if h5_path.exists() and not o.overwrite and _is_done(h5_path, choice, o.patch_size, o.step,
+                                                             annotations is not None):
             return h5_path, False
         ensure_writable_dir(out_dir)
-        tissue = _tissue(slide, tissue_threshold)
-        grid = _grid(slide, choice, patch_size, stride, tissue, tissue_threshold)
-        labels = _annotate(slide, choice, grid, patch_size, region_size, annotations, annotation_kind, classes,
-                           zero_is_background, min_label_coverage)
+        tissue = _tissue(slide, o.tissue_threshold)
+        grid = _grid(slide, choice, o.patch_size, o.step, tissue, o.tissue_threshold)
+        labels = _annotate(slide, choice, grid, o, annotations, annotation_kind)
         save_mask_png(tissue.mask, png_path)
-        _write(slide, choice, grid, labels, h5_path, patch_size=patch_size, stride=stride,
-               tissue_threshold=tissue_threshold, workers=workers, compression=compression, progress=progress)
+        _write(slide, choice, grid, labels, h5_path, o, progress)
     return h5_path, True
 
 
@@ -212,12 +203,12 @@ def _grid(slide: Slide, choice: LevelChoice, patch_size: int, stride: int, tissu
     return _Grid(positions, coords, blocks, (w_out, h_out))
 
 
-def _annotate(slide: Slide, choice: LevelChoice, grid: _Grid, patch_size: int, region_size: int,
-              source: Path | None, kind: AnnotationKind | None, classes: list[str] | None,
-              zero_is_background: bool, min_coverage: float) -> dict | None:
+def _annotate(slide: Slide, choice: LevelChoice, grid: _Grid, o: TileOptions, source: str | Path | None,
+              kind: AnnotationKind | None) -> dict | None:
     if source is None:
         return None
     source = Path(source)
+    patch_size, classes = o.patch_size, o.classes
     kind = kind or _kind_from_suffix(source)
     extent = patch_size * choice.downsample
     n = len(grid.coords)
@@ -230,14 +221,15 @@ def _annotate(slide: Slide, choice: LevelChoice, grid: _Grid, patch_size: int, r
         return {"labels": np.full(n, -1, np.int64), "region": region, "boxes": table.boxes, "ucc": table.ucc,
                 "class_names": classes}
     if kind == "mask":
-        raster = ann.read_label_mask(source, slide.dimensions, zero_is_background=zero_is_background,
+        raster = ann.read_label_mask(source, slide.dimensions, zero_is_background=o.zero_is_background,
                                      classes=classes)
     else:
         raster = ann.read_geojson(source, slide.dimensions, classes=classes, downsample=max(1.0, extent / 8))
-    labels = ann.patch_labels(raster, grid.coords, extent, min_coverage)
+    labels = ann.patch_labels(raster, grid.coords, extent, o.min_label_coverage)
     if not (labels >= 0).any():
         raise PathouccError(f"the annotations do not overlap any tissue patch of {slide.path.name}", source)
-    region, boxes = ann.grid_regions(grid.positions, patch_size, region_size, choice.downsample, slide.dimensions)
+    region, boxes = ann.grid_regions(grid.positions, patch_size, o.region_size, choice.downsample,
+                                     slide.dimensions)
     ucc = ann.region_ucc(labels, region, len(boxes))
     keep = ucc > 0  # regions without a single labelled patch carry no count
     remap = np.full(len(boxes) + 1, -1, np.int64)
@@ -247,17 +239,15 @@ def _annotate(slide: Slide, choice: LevelChoice, grid: _Grid, patch_size: int, r
             "class_names": raster.class_names}
 
 
-def _write(slide: Slide, choice: LevelChoice, grid: _Grid, labels: dict | None, h5_path: Path, *,
-           patch_size: int, stride: int, tissue_threshold: float, workers: int | None, compression: str,
+def _write(slide: Slide, choice: LevelChoice, grid: _Grid, labels: dict | None, h5_path: Path, o: TileOptions,
            progress: bool) -> None:
-    n, p = len(grid.coords), patch_size
+    n, p, stride = len(grid.coords), o.patch_size, o.step
     chunk = int(np.clip(CHUNK_BYTES // (p * p * 3), 1, 16))
     comp = {"gzip": {"compression": "gzip", "compression_opts": 4}, "lzf": {"compression": "lzf"},
-            "none": {}}[compression]
-    workers = max(1, workers if workers is not None else min(4, os.cpu_count() or 1))
+            "none": {}}[o.compression]
+    workers = o.workers if o.workers is not None else min(4, os.cpu_count() or 1)
     grid_attrs = {"patch_size": p, "patch_level": choice.level, "downsample": float(choice.downsample),
                   "stride": stride, "level_dimensions": np.asarray(grid.size, np.int64)}
-    bar = _progress(progress, slide.path.name, n)
     with atomic_path(h5_path) as tmp, h5py.File(tmp, "w") as f:
         coords = f.create_dataset("coords", data=grid.coords, dtype=np.int64)
         for k, v in grid_attrs.items():
@@ -267,7 +257,7 @@ def _write(slide: Slide, choice: LevelChoice, grid: _Grid, labels: dict | None, 
         f.attrs["slide_dimensions"] = np.asarray(slide.dimensions, np.int64)
         f.attrs["mpp"] = np.asarray(slide.mpp if slide.mpp else (np.nan, np.nan), np.float64)
         f.attrs["format_version"] = FORMAT_VERSION
-        f.attrs["tissue_threshold"] = float(tissue_threshold)
+        f.attrs["tissue_threshold"] = float(o.tissue_threshold)
         if labels is not None:
             f.create_dataset("labels", data=labels["labels"].astype(np.int64))
             f.create_dataset("region", data=labels["region"].astype(np.int64))
@@ -278,17 +268,17 @@ def _write(slide: Slide, choice: LevelChoice, grid: _Grid, labels: dict | None, 
                 f.attrs["class_names"] = json.dumps(list(labels["class_names"]))
         patches = f.create_dataset("patches", shape=(n, p, p, 3), dtype=np.uint8, chunks=(chunk, p, p, 3),
                                    **comp)
-        with bar, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tiler") as pool:
+        with (progress_bar(progress, slide.path.name, n) as advance,
+              ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tiler") as pool):
             pending: deque[tuple[int, int, Future]] = deque()
-            task = bar.add_task(slide.path.name, total=n) if hasattr(bar, "add_task") else None
             for block in grid.blocks:
                 pending.append((block[0], block[1], pool.submit(_read_block, slide, choice, grid, block, p)))
                 if len(pending) >= 2 * workers:
-                    _drain(pending, patches, bar, task, 1)
-            _drain(pending, patches, bar, task, len(pending))
+                    _drain(pending, patches, advance, 1)
+            _drain(pending, patches, advance, len(pending))
 
 
-def _drain(pending: deque, patches: h5py.Dataset, bar, task, count: int) -> None:
+def _drain(pending: deque, patches: h5py.Dataset, advance, count: int) -> None:
     for _ in range(count):
         start, stop, future = pending.popleft()
         try:
@@ -297,8 +287,7 @@ def _drain(pending: deque, patches: h5py.Dataset, bar, task, count: int) -> None
             for _, _, other in pending:
                 other.cancel()
             raise
-        if task is not None:
-            bar.update(task, advance=stop - start)
+        advance(stop - start)
 
 
 def _read_block(slide: Slide, choice: LevelChoice, grid: _Grid, block: tuple, p: int) -> np.ndarray:
@@ -319,18 +308,6 @@ def _read_block(slide: Slide, choice: LevelChoice, grid: _Grid, block: tuple, p:
     for k, (ox, oy) in enumerate(offsets.tolist()):
         out[k] = pixels[oy:oy + p, ox:ox + p]
     return out
-
-
-def _progress(enabled: bool, name: str, total: int):
-    if not enabled:
-        from contextlib import nullcontext
-
-        return nullcontext()
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                    console=Console(stderr=True), transient=True)
 
 
 def _kind_from_suffix(path: Path) -> AnnotationKind:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from pathoucc.io import write_json
+from pathoucc.files import write_json
 
 __all__ = ["label_features", "trace_rings", "write_feature_collection"]
 

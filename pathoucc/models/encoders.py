@@ -1,4 +1,4 @@
-"""Feature extractors (encoders) and decoders: built-in CNNs for small grey images, and any timm model."""
+"""Feature extractors (encoders): built-in CNNs for small grey images, and any timm model (no code needed)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import torch
 from torch import nn
 
 from pathoucc.errors import PathouccError
+from pathoucc.files import read_torch
 
 
-class _PreActBlock(nn.Module):
+class PreActBlock(nn.Module):
     """Wide-ResNet style pre-activation residual block (BN-ReLU-conv ×2), optional stride."""
 
     def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
@@ -42,7 +43,7 @@ class ResidualEncoder(nn.Module):
         for i, w in enumerate(widths[1:]):
             stride = 1 if i == 0 else 2
             for b in range(blocks_per_stage):
-                layers.append(_PreActBlock(c, w, stride if b == 0 else 1))
+                layers.append(PreActBlock(c, w, stride if b == 0 else 1))
                 c = w
             size = (size + stride - 1) // stride
         layers += [nn.BatchNorm2d(c), nn.ReLU(inplace=True), nn.Flatten()]
@@ -106,50 +107,19 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     path = Path(path)
     if not path.is_file():
         raise PathouccError("pretrained weights file not found", path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file  # installed with timm; needed only for .safetensors files
 
+        try:
             state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
-    except Exception as exc:
-        raise PathouccError(f"cannot read weights ({type(exc).__name__}: {exc})".splitlines()[0], path) from None
+        except Exception as exc:
+            raise PathouccError(f"cannot read weights ({type(exc).__name__}: {exc})".splitlines()[0], path) from None
+    else:
+        state = read_torch(path, "weights file")
+        state = state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
     own = model.state_dict()
     state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     missing = [k for k in own if k not in state]
     if missing:
         raise PathouccError(f"weights do not fit the model: {len(missing)} tensors missing, e.g. {missing[0]}", path)
     model.load_state_dict(state)
-
-
-class ConvDecoder(nn.Module):
-    """Mirror of an encoder: features ``(B, J)`` -> image ``(B, C, H, W)`` in [0, 1].
-
-    Linear to ``(widths[0], s, s)``, then [upsample ×2, conv-BN-ReLU] stages, then a 3×3 conv + sigmoid,
-    resized to ``out_size`` if needed.
-    """
-
-    def __init__(self, num_features: int, out_chans: int = 1, out_size: int = 28,
-                 widths: tuple[int, ...] = (128, 64, 32), residual: bool = False) -> None:
-        super().__init__()
-        self.start = max(out_size // 2 ** (len(widths) - 1), 1)
-        self.out_size = out_size
-        self.fc = nn.Linear(num_features, widths[0] * self.start**2)
-        layers: list[nn.Module] = [nn.Unflatten(1, (widths[0], self.start, self.start))]
-        c = widths[0]
-        for w in widths[1:]:
-            layers.append(nn.Upsample(scale_factor=2, mode="nearest"))
-            layers.append(_PreActBlock(c, w) if residual else nn.Sequential(
-                nn.Conv2d(c, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True)))
-            c = w
-        layers += [nn.Conv2d(c, out_chans, 3, 1, 1), nn.Sigmoid()]
-        self.body = nn.Sequential(*layers)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        x = self.body(self.fc(z))
-        if x.shape[-1] != self.out_size:
-            x = nn.functional.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear",
-                                          align_corners=False)
-        return x

@@ -1,19 +1,10 @@
-"""Clustering of instance features and its scores: k-means, Hungarian-matched accuracy, NMI, ARI."""
+"""Scores of a clustering against ground truth: Hungarian-matched accuracy, NMI, ARI; per-class Dice and IoU."""
 
 from __future__ import annotations
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-
-def fit_kmeans(features: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> KMeans:
-    """Fit k-means with ``k`` clusters on ``features`` ``(N, J)``; deterministic for a given ``seed``."""
-    features = np.asarray(features, dtype=np.float32)
-    if features.ndim != 2 or len(features) < k:
-        raise ValueError(f"need at least k={k} feature rows of shape (N, J), got {features.shape}")
-    return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(features)
 
 
 def match_clusters(labels: np.ndarray, clusters: np.ndarray) -> dict[int, int]:
@@ -41,3 +32,16 @@ def clustering_scores(labels: np.ndarray, clusters: np.ndarray) -> dict[str, flo
         "nmi": float(normalized_mutual_info_score(labels, clusters)),
         "ari": float(adjusted_rand_score(labels, clusters)),
     }
+
+
+def dice_iou(predicted: np.ndarray, truth: np.ndarray) -> dict[int, dict[str, float | int]]:
+    """Per class ``c`` of ``truth`` or ``predicted`` (both ``(N,)`` int, same class ids; ``-1`` in ``predicted``
+    = no class): ``{"dice", "iou", "cells"}`` with ``cells`` the number of ``truth == c``."""
+    predicted, truth = np.asarray(predicted), np.asarray(truth)
+    out = {}
+    for c in np.unique(np.concatenate([truth, predicted[predicted >= 0]])).tolist():
+        tp = int(np.sum((predicted == c) & (truth == c)))
+        p, t = int(np.sum(predicted == c)), int(np.sum(truth == c))
+        out[c] = {"dice": 2 * tp / (p + t) if p + t else 0.0, "iou": tp / (p + t - tp) if p + t - tp else 0.0,
+                  "cells": t}
+    return out

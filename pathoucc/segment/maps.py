@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pathoucc.io import atomic_path
-from pathoucc.slides.h5 import TileFile
+from pathoucc.files import atomic_path
+from pathoucc.slides.tilefile import TileFile
 
 __all__ = ["cluster_colors", "map_image", "map_on_image", "patch_mosaic", "save_overlay", "save_png"]
 
@@ -22,7 +22,7 @@ BACKGROUND = (255, 255, 255)
 
 def cluster_colors(k: int) -> np.ndarray:
     """``(k, 3)`` uint8 distinct colours: matplotlib's tab10 / tab20, then evenly spaced hues."""
-    from matplotlib import colormaps
+    from matplotlib import colormaps  # matplotlib is heavy: imported on use
 
     if k <= 10:
         rgb = colormaps["tab10"].colors[:k]
@@ -91,7 +91,7 @@ def save_png(path: str | Path, image: np.ndarray) -> None:
 def save_overlay(path: str | Path, image: np.ndarray, colors: np.ndarray, names: Sequence[str],
                  title: str = "") -> None:
     """Save ``image`` (the blended overlay) at its own resolution with a legend of ``names`` on the right."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # heavy: imported on use
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 

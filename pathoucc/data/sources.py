@@ -1,13 +1,41 @@
-"""Instance pools from HDF5 tile files (``pathoucc tile``): patches as instances, regions as bags."""
+"""Where instance pools come from: MNIST (fetched), a folder of IDX files, or HDF5 tile files (``pathoucc tile``:
+patches as instances, regions as bags). :func:`load_pools` picks the source named by the config."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 
 from pathoucc.config import DataConfig
+from pathoucc.data.idx import read_idx_folder
+from pathoucc.data.mnist import load_mnist
 from pathoucc.data.pool import InstancePool
 from pathoucc.errors import PathouccError
-from pathoucc.slides.h5 import TileFile, open_tiles
+from pathoucc.slides.tilefile import TileFile, open_tiles
+
+
+def load_pools(cfg: DataConfig, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, InstancePool]:
+    """Load the requested splits of the configured source as :class:`InstancePool` objects."""
+    if cfg.source in ("mnist", "idx"):
+        if cfg.source == "mnist":
+            arrays = load_mnist(cfg.root)
+        else:
+            arrays = _split_idx(read_idx_folder(cfg.root), cfg.val_fraction, Path(cfg.root))
+        return {s: InstancePool(*arrays[s]) for s in splits}
+    return load_tile_pools(cfg, splits)
+
+
+def _split_idx(arrays: dict[str, tuple[np.ndarray, np.ndarray]], val_fraction: float,
+               root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    if "train" not in arrays or "test" not in arrays:
+        raise PathouccError(f"IDX folder needs train-* and t10k-*/test-* files, found splits {sorted(arrays)}", root)
+    x, y = arrays["train"]
+    n_val = round(len(x) * val_fraction)
+    out = dict(arrays)
+    out["train"] = (x[: len(x) - n_val], y[: len(x) - n_val])
+    out["val"] = (x[len(x) - n_val :], y[len(x) - n_val :])
+    return out
 
 
 def _read_all(tiles: TileFile, chunk: int = 4096) -> np.ndarray:

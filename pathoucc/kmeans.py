@@ -9,25 +9,33 @@ from __future__ import annotations
 
 import json
 import zipfile
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from sklearn.cluster import KMeans
 
-from pathoucc.cluster import fit_kmeans
 from pathoucc.config import Config
+from pathoucc.data.sources import load_pools
 from pathoucc.errors import PathouccError
-from pathoucc.io import atomic_path
-from pathoucc.slides.h5 import TileFile, open_tiles
+from pathoucc.features import check_tiles_fit_model, default_batch_size, extract_features, iter_features
+from pathoucc.files import atomic_path
+from pathoucc.run import kmeans_path, load_run
+from pathoucc.runtime import progress_bar, select_device
+from pathoucc.slides.tilefile import open_tiles
 
-__all__ = [
-    "ClusterModel", "check_tiles_fit_model", "cluster_run", "default_batch_size", "default_k", "fit_cluster_model",
-    "iter_tile_features", "kmeans_path", "load_or_fit", "progress_bar",
-]
+__all__ = ["ClusterModel", "cluster_run", "default_k", "fit_cluster_model", "fit_kmeans", "load_or_fit"]
 
 MAX_FIT_PATCHES = 100_000  # at most this many training patches (a seeded random subset) are used to fit
+
+
+def fit_kmeans(features: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> KMeans:
+    """Fit k-means with ``k`` clusters on ``features`` ``(N, J)``; deterministic for a given ``seed``."""
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2 or len(features) < k:
+        raise ValueError(f"need at least k={k} feature rows of shape (N, J), got {features.shape}")
+    return KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(features)
 
 
 @dataclass
@@ -98,40 +106,6 @@ class ClusterModel:
         return cls(centers, seed, temperature, source)
 
 
-def kmeans_path(run_dir: str | Path, k: int) -> Path:
-    """``<run>/kmeans-k{k}.npz``."""
-    return Path(run_dir) / f"kmeans-k{k}.npz"
-
-
-def check_tiles_fit_model(tiles: TileFile, cfg: Config) -> None:
-    """Raise :class:`PathouccError` naming the tile file unless its patches are what the model takes."""
-    if cfg.model.in_chans != 3:
-        raise PathouccError(f"tile patches are RGB (3 channels) but the run's model expects "
-                            f"{cfg.model.in_chans}-channel inputs (model.in_chans)", tiles.path)
-    if tiles.patch_size != cfg.model.input_size:
-        raise PathouccError(f"patch size {tiles.patch_size} px differs from the model's input size "
-                            f"{cfg.model.input_size} px (model.input_size); tile the slide with "
-                            f"--patch-size {cfg.model.input_size}", tiles.path)
-
-
-def iter_tile_features(model: torch.nn.Module, tiles: TileFile, batch_size: int = 256,
-                       device: torch.device | str = "cpu",
-                       index: np.ndarray | None = None) -> Iterator[tuple[slice, np.ndarray]]:
-    """Stream the features of a tile file's patches: yields ``(positions, features (n, J) float32)``.
-
-    ``model`` has ``extract_features((n, 3, P, P) float in [0, 1]) -> (n, J)``; ``tiles`` is an open
-    :class:`~pathoucc.slides.h5.TileFile`. Patches are read ``batch_size`` at a time, so memory does not grow
-    with the slide. ``index`` (sorted) restricts to those patches; ``positions`` index into it (or all patches).
-    """
-    n = tiles.num_patches if index is None else len(index)
-    with torch.no_grad():
-        for a in range(0, n, batch_size):
-            where = slice(a, min(n, a + batch_size))
-            patches = tiles.read_patches(where if index is None else index[where])
-            x = torch.from_numpy(patches).to(device).permute(0, 3, 1, 2).float().div_(255.0)
-            yield where, model.extract_features(x).float().cpu().numpy()
-
-
 def default_k(cfg: Config, tile_paths: list[str | Path] | None = None) -> int:
     """``eval.k`` if set, else the number of classes among the labelled training patches (or the class names)."""
     if cfg.eval.k:
@@ -150,8 +124,6 @@ def default_k(cfg: Config, tile_paths: list[str | Path] | None = None) -> int:
             return named
         raise PathouccError("cannot tell the number of clusters: the training tiles carry no class labels and the "
                             "config has no eval.k; pass --k")
-    from pathoucc.data.pool import load_pools
-
     return load_pools(cfg.data, ("train",))["train"].num_classes
 
 
@@ -170,9 +142,6 @@ def fit_cluster_model(model: torch.nn.Module, cfg: Config, k: int, tile_paths: l
         features, source = _tile_features(model, cfg, paths, batch_size, device, progress, max_patches), \
             json.dumps([str(p) for p in paths])
     else:
-        from pathoucc.data.pool import load_pools
-        from pathoucc.evaluate import extract_features
-
         pool = load_pools(cfg.data, ("train",))["train"]
         if len(pool) > max_patches:
             keep = np.sort(np.random.default_rng(cfg.seed).choice(len(pool), max_patches, replace=False))
@@ -202,7 +171,7 @@ def _tile_features(model: torch.nn.Module, cfg: Config, paths: list[Path], batch
         with progress_bar(progress, "k-means features", len(chosen)) as advance:
             for i, tiles in enumerate(files):
                 index = chosen[(chosen >= offsets[i]) & (chosen < offsets[i + 1])] - offsets[i]
-                for _, f in iter_tile_features(model, tiles, batch_size, device, index):
+                for _, f in iter_features(model, tiles, batch_size, device, index):
                     out.append(f)
                     advance(len(f))
         return np.concatenate(out)
@@ -229,49 +198,12 @@ def load_or_fit(run_dir: str | Path, model: torch.nn.Module, cfg: Config, k: int
     return cm, path, True
 
 
-def default_batch_size(cfg: Config) -> int:
-    """Patches per forward pass: ``eval.batch_size`` capped at about 8 M input pixels (at least 16)."""
-    return max(16, min(cfg.eval.batch_size, 2**23 // cfg.model.input_size**2))
-
-
 def cluster_run(run_dir: str | Path, k: int | None = None, tile_paths: list[str | Path] | None = None,
                 batch_size: int | None = None, device: str = "auto",
                 progress: bool = False) -> tuple[ClusterModel, Path]:
     """(Re)fit the run's shared k-means on its training data (or ``tile_paths``) and save ``kmeans-k{k}.npz``."""
-    from pathoucc.evaluate import load_run
-    from pathoucc.train import select_device
-
     dev = select_device(device)
     cfg, model = load_run(run_dir, dev)
     cm, path, _ = load_or_fit(run_dir, model, cfg, k, tile_paths, refit=True,
                               batch_size=batch_size or default_batch_size(cfg), device=dev, progress=progress)
     return cm, path
-
-
-class progress_bar:
-    """A rich progress bar over ``total`` items (or nothing when disabled); yields ``advance(n)``."""
-
-    def __init__(self, enabled: bool, label: str, total: int) -> None:
-        self.enabled, self.label, self.total = enabled, label, total
-        self.bar = None
-
-    def __enter__(self) -> Callable[[int], None]:
-        if not self.enabled:
-            return lambda n: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[rate]}"), TimeRemainingColumn(), transient=True)
-        self.bar.start()
-        task = self.bar.add_task(self.label, total=self.total, rate="")
-
-        def advance(n: int) -> None:
-            self.bar.advance(task, n)
-            speed = self.bar.tasks[0].speed
-            self.bar.update(task, rate=f"{speed:.0f} patches/s" if speed else "")
-
-        return advance
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()

@@ -1,0 +1,93 @@
+"""The run folder: the names of its files, and reading and writing the ones that hold weights.
+
+A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (training metrics per step),
+``training_curves.png``, ``train.log``, ``checkpoint.pt`` (everything needed to resume), ``model.pt`` (the final
+weights and their config), ``metrics.json`` (clustering scores), ``snapshots/step-NNNNNNN.pt`` (optional weight
+snapshots) and ``kmeans-k{K}.npz`` (the run's k-means, fitted once and shared by every slide). Every ``.pt`` file
+is read by :func:`read_weights` (through :func:`pathoucc.files.read_torch`, the one ``torch.load``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pathoucc.config import Config, config_from_dict
+from pathoucc.errors import PathouccError
+from pathoucc.files import atomic_path, read_torch
+from pathoucc.models import UCCModel, create_model
+
+__all__ = [
+    "CHECKPOINT", "CONFIG", "CURVES", "LOG", "METRICS", "METRICS_LOG", "MODEL", "SNAPSHOTS", "kmeans_path",
+    "load_checkpoint", "load_run", "read_weights", "save_model", "save_weights", "snapshot_path",
+]
+
+CONFIG = "config.yaml"
+CHECKPOINT = "checkpoint.pt"
+MODEL = "model.pt"
+METRICS_LOG = "metrics.jsonl"
+METRICS = "metrics.json"
+CURVES = "training_curves.png"
+LOG = "train.log"
+SNAPSHOTS = "snapshots"
+
+
+def kmeans_path(run_dir: str | Path, k: int) -> Path:
+    """``<run>/kmeans-k{k}.npz``."""
+    return Path(run_dir) / f"kmeans-k{k}.npz"
+
+
+def snapshot_path(run_dir: str | Path, step: int) -> Path:
+    """``<run>/snapshots/step-NNNNNNN.pt``."""
+    return Path(run_dir) / SNAPSHOTS / f"step-{step:07d}.pt"
+
+
+def save_weights(state: dict[str, Any], path: str | Path) -> None:
+    """Write a state dict (tensors, numbers, strings only) atomically with ``torch.save``."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def read_weights(path: str | Path, what: str = "file") -> dict[str, Any]:
+    """A pathoucc ``.pt`` file (a dict with ``model``); a corrupt or foreign file is a :class:`PathouccError`
+    naming it. ``what`` names the kind of file in that message."""
+    state = read_torch(path, what)
+    if not isinstance(state, dict) or "model" not in state:
+        raise PathouccError(f"not a pathoucc {what}", path)
+    return state
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The state of an interrupted run (see ``Trainer.state_dict``)."""
+    if not Path(path).is_file():
+        raise PathouccError("no checkpoint to resume from", path)
+    return read_weights(path, "checkpoint")
+
+
+def save_model(model: UCCModel, cfg: Config, path: str | Path) -> None:
+    """Final weights plus the config that built them (readable with ``weights_only=True``)."""
+    save_weights({"model": model.state_dict(), "config": json.dumps(cfg.to_dict()),
+                  "num_ucc": cfg.bags.ucc_max - cfg.bags.ucc_min + 1}, path)
+
+
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Config, UCCModel]:
+    """The config and trained model (in eval mode, on ``device``) of a run folder."""
+    run_dir = Path(run_dir)
+    path = run_dir / MODEL
+    if not run_dir.is_dir():
+        raise PathouccError("run folder not found", run_dir)
+    if not path.is_file():
+        raise PathouccError(f"run folder has no trained model ({MODEL}); train it first", run_dir)
+    state = read_weights(path, "model file")
+    try:
+        cfg = config_from_dict(json.loads(state["config"]), str(path))
+        model = create_model(cfg.model, int(state["num_ucc"]))
+        model.load_state_dict(state["model"])
+    except PathouccError:
+        raise
+    except Exception as exc:
+        raise PathouccError(f"corrupt or incompatible model file ({type(exc).__name__})", path) from None
+    return cfg, model.to(device).eval()

@@ -1,0 +1,96 @@
+"""Stage 6, segmentation: every patch of each slide -> features -> the run's shared k-means -> cluster maps.
+
+:func:`segment_run` is the stage: for each tile file it calls :func:`~.segment.segment_tiles` (clusters per
+patch, on the map of :mod:`.grid`), :func:`~.segment.score_segmentation` (against labels or a mask) and
+:func:`~.write.write_segmentation` (maps, overlay, GeoJSON, CSV, HDF5; drawing in :mod:`.maps` and
+:mod:`.geojson`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pathoucc.config import SegmentOptions
+from pathoucc.errors import PathouccError
+from pathoucc.features import check_tiles_fit_model, default_batch_size
+from pathoucc.files import ensure_writable_dir
+from pathoucc.kmeans import ClusterModel, load_or_fit
+from pathoucc.run import load_run
+from pathoucc.runtime import select_device
+from pathoucc.segment.grid import MapGrid, accumulate_map, map_grid
+from pathoucc.segment.maps import cluster_colors
+from pathoucc.segment.segment import Segmentation, score_segmentation, segment_tiles
+from pathoucc.segment.write import write_segmentation
+from pathoucc.slides.tilefile import open_tiles
+
+__all__ = [
+    "MapGrid", "SegmentOptions", "SegmentReport", "Segmentation", "accumulate_map", "map_grid", "score_segmentation",
+    "segment_run", "segment_tiles", "write_segmentation",
+]
+
+
+@dataclass
+class SegmentReport:
+    """What :func:`segment_run` did: the k-means used (and whether it was fitted now), and each slide's result."""
+
+    kmeans: ClusterModel
+    kmeans_path: Path
+    fitted: bool
+    slides: list[Segmentation] = field(default_factory=list)
+
+
+def _mask_for(mask: Path | None, tiles_path: Path, many: bool) -> Path | None:
+    """The mask file of a tile file: ``mask`` itself, or in a folder ``<stem>.png`` / ``<stem>_mask.png`` (…)."""
+    if mask is None:
+        return None
+    if not mask.is_dir():
+        if many:
+            raise PathouccError("one mask cannot score several slides; pass a folder of <slide stem>_mask.png files",
+                                mask)
+        return mask
+    stem = tiles_path.stem
+    for name in (f"{stem}_mask", stem):
+        for ext in (".png", ".tif", ".tiff"):
+            if (mask / f"{name}{ext}").is_file():
+                return mask / f"{name}{ext}"
+    return None
+
+
+def segment_run(run_dir: str | Path, tile_paths: list[str | Path], out: str | Path | None = None,
+                options: SegmentOptions | None = None, progress: bool = False) -> SegmentReport:
+    """Segment every tile file with a trained run; outputs go to ``<out>/<slide stem>/`` (default
+    ``<run>/segments``). The run's ``kmeans-k{k}.npz`` is fitted on its training data first if absent."""
+    o = options or SegmentOptions()
+    run_dir = Path(run_dir)
+    dev = select_device(o.device)
+    cfg, model = load_run(run_dir, dev)
+    out = Path(out) if out is not None else run_dir / "segments"
+    paths = [Path(p) for p in tile_paths]
+    if not paths:
+        raise PathouccError("no tile files given")
+    seen: dict[str, Path] = {}
+    for path in paths:  # validate everything before any work
+        if path.stem in seen:
+            raise PathouccError(f"has the same name as {seen[path.stem]}; outputs would collide", path)
+        seen[path.stem] = path
+        with open_tiles(path) as tiles:
+            check_tiles_fit_model(tiles, cfg)
+    mask = o.mask
+    if mask is not None and not mask.exists():
+        raise PathouccError("mask not found", mask)
+    masks = [_mask_for(mask, p, len(paths) > 1) for p in paths]
+    ensure_writable_dir(out)
+    batch_size = o.batch_size or default_batch_size(cfg)
+    cm, km_path, fitted = load_or_fit(run_dir, model, cfg, o.k, batch_size=batch_size, device=dev, progress=progress)
+    colors = cluster_colors(cm.k)
+    report = SegmentReport(cm, km_path, fitted)
+    for path, slide_mask in zip(paths, masks, strict=True):
+        with open_tiles(path) as tiles:
+            seg = segment_tiles(model, cm, tiles, batch_size, dev, progress)
+            seg.scores = score_segmentation(seg, tiles, slide_mask)
+            folder = write_segmentation(seg, tiles, out, colors, {"run": str(run_dir.resolve()),
+                                                                  "kmeans": str(km_path.resolve())})
+        seg.extra["folder"] = folder
+        report.slides.append(seg)
+    return report

@@ -1,0 +1,101 @@
+"""Writing a segmentation: ``<out>/<slide stem>/`` receives (all or nothing: built in a temporary folder, swapped
+in at the end)
+
+* ``clusters.h5``  coords (N, 2) level-0, cluster (N,), distances and probabilities (N, K), labels (N,) if known,
+  map (H, W) int16 with attribute ``cell`` (level-0 px per map cell);
+* ``clusters.csv`` ``x,y,cluster[,label]`` per patch;
+* ``cluster_map.png`` one pixel per map cell; ``overlay.png`` the map over the slide thumbnail, with a legend;
+* ``clusters.geojson`` one QuPath annotation per connected region of each cluster, level-0 coordinates;
+* ``scores.json`` when patch labels or a mask are available (see :func:`~.segment.score_segmentation`).
+
+A new output format is one more writer called from :func:`_write_all`.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from pathoucc.errors import PathouccError
+from pathoucc.files import atomic_dir, write_json
+from pathoucc.segment.geojson import label_features, write_feature_collection
+from pathoucc.segment.maps import map_image, map_on_image, patch_mosaic, save_overlay, save_png
+from pathoucc.segment.segment import Segmentation
+from pathoucc.slides.reader import open_slide
+from pathoucc.slides.tilefile import TileFile
+
+__all__ = ["THUMBNAIL_SIZE", "write_segmentation"]
+
+THUMBNAIL_SIZE = 1024
+
+
+def write_segmentation(seg: Segmentation, tiles: TileFile, out_dir: str | Path, colors: np.ndarray,
+                       attrs: dict[str, Any] | None = None) -> Path:
+    """Write all outputs of ``seg`` to ``<out_dir>/<name>/`` (replacing it), all or nothing."""
+    final = Path(out_dir) / seg.name
+    try:
+        with atomic_dir(final) as tmp:
+            _write_all(tmp, seg, tiles, colors, attrs or {})
+    except OSError as exc:
+        raise PathouccError(f"cannot write the outputs ({exc.strerror or exc})", final) from None
+    return final
+
+
+def _write_all(folder: Path, seg: Segmentation, tiles: TileFile, colors: np.ndarray, attrs: dict[str, Any]) -> None:
+    _write_h5(folder / "clusters.h5", seg, tiles, attrs)
+    _write_csv(folder / "clusters.csv", seg)
+    _write_pictures(folder, seg, tiles, colors)
+    features = label_features(seg.cluster_map, scale=seg.grid.cell, colors=colors, seed=seg.name)
+    write_feature_collection(folder / "clusters.geojson", features)
+    seg.extra["num_regions"] = len(features)
+    if seg.scores is not None:
+        write_json(folder / "scores.json", seg.scores)
+
+
+def _write_csv(path: Path, seg: Segmentation) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["x", "y", "cluster", *(["label"] if seg.labels is not None else [])])
+        rows = np.column_stack([seg.coords, seg.clusters, *([seg.labels] if seg.labels is not None else [])])
+        writer.writerows(rows.tolist())
+
+
+def _write_pictures(folder: Path, seg: Segmentation, tiles: TileFile, colors: np.ndarray) -> None:
+    """``cluster_map.png`` and ``overlay.png`` (over the slide's thumbnail, or its patches if the slide is gone)."""
+    save_png(folder / "cluster_map.png", map_image(seg.cluster_map, colors))
+    try:
+        with open_slide(tiles.slide_path) as slide:
+            picture = slide.thumbnail(THUMBNAIL_SIZE)
+        seg.extra["overlay_background"] = "slide thumbnail"
+    except PathouccError:  # the slide is gone: draw the patches themselves
+        w, h = tiles.slide_dimensions
+        scale = max(1.0, max(w, h) / THUMBNAIL_SIZE)
+        picture = patch_mosaic(tiles, (max(1, round(w / scale)), max(1, round(h / scale))))
+        seg.extra["overlay_background"] = "patch mosaic (slide file not found)"
+    ds = (tiles.slide_dimensions[0] / picture.shape[1], tiles.slide_dimensions[1] / picture.shape[0])
+    counts = np.bincount(seg.clusters, minlength=len(colors))
+    names = [f"cluster {c} ({counts[c]} patches)" for c in range(len(colors))]
+    save_overlay(folder / "overlay.png", map_on_image(seg.cluster_map, seg.grid.cell, picture, ds, colors),
+                 colors, names, title=seg.name)
+
+
+def _write_h5(path: Path, seg: Segmentation, tiles: TileFile, attrs: dict[str, Any]) -> None:
+    with h5py.File(path, "w") as f:
+        f.create_dataset("coords", data=seg.coords.astype(np.int64))
+        f.create_dataset("cluster", data=seg.clusters.astype(np.int64))
+        f.create_dataset("distances", data=seg.distances, compression="gzip", compression_opts=4)
+        f.create_dataset("probabilities", data=seg.probabilities, compression="gzip", compression_opts=4)
+        if seg.labels is not None:
+            f.create_dataset("labels", data=seg.labels.astype(np.int64))
+        m = f.create_dataset("map", data=seg.cluster_map, compression="gzip", compression_opts=4)
+        m.attrs["cell"] = seg.grid.cell
+        m.attrs["span"] = seg.grid.span
+        for key, value in {"k": int(seg.distances.shape[1]), "tiles": str(tiles.path.resolve()),
+                           "slide_path": tiles.slide_path, "slide_dimensions": list(tiles.slide_dimensions),
+                           "patch_size": tiles.patch_size, "stride": tiles.stride, "downsample": tiles.downsample,
+                           **attrs}.items():
+            f.attrs[key] = value

@@ -1,0 +1,23 @@
+"""How the benchmark tools record what they ran: commands and paths relative to the repository."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def relative(path: str | Path) -> str:
+    """``path`` relative to the repository when it lies inside it (``data/...``), else as given."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def command(script: str, argv: list[str]) -> str:
+    """``python tools/<script> <args>``, every argument that names a path inside the repository made relative."""
+    args = [relative(a) if os.sep in a and Path(a).is_absolute() else a for a in argv]
+    return " ".join(["python", f"tools/{script}", *args])
