@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-HE_IMAGE = Path(__file__).resolve().parents[2] / "shared" / "data" / "he_tile_1000.png"
+HE_IMAGE = ROOT / "tests" / "data" / "he_crop_256.png"  # a real H&E crop (BSD-3, TIAToolbox; tests/data/README.md)
+HE_SIZE = 1000  # the crop is scaled to HE_SIZE x HE_SIZE px
 sys.path.insert(0, str(ROOT / "tools"))
 
 from make_digit_slide import make_digit_slide  # noqa: E402
@@ -45,10 +46,8 @@ def cell_class(cells: np.ndarray, x: int, y: int) -> int:
 
 
 def he_slide(folder: Path, border: tuple[int, int] = (200, 300)) -> Path:
-    """The real H&E crop inside a white border, written as a pyramidal TIFF (mpp 0.25). Skips if absent."""
-    if not HE_IMAGE.is_file():
-        pytest.skip(f"{HE_IMAGE} not available")
-    he = np.asarray(Image.open(HE_IMAGE).convert("RGB"))
+    """The real H&E crop, scaled to 1000 x 1000 px, inside a white border, written as a pyramidal TIFF (mpp 0.25)."""
+    he = np.asarray(Image.open(HE_IMAGE).convert("RGB").resize((HE_SIZE, HE_SIZE), Image.Resampling.BICUBIC))
     by, bx = border
     canvas = np.full((he.shape[0] + 2 * by, he.shape[1] + 2 * bx, 3), 255, np.uint8)
     canvas[by:by + he.shape[0], bx:bx + he.shape[1]] = he

@@ -32,7 +32,9 @@ def test_train_writes_a_complete_run(tmp_path: Path, tiny_config: dict) -> None:
     assert {"ucc_loss", "ucc_acc", "recon_loss", "lr"} <= set(records[0])
     assert "val_ucc_loss" in records[2] and "val_ucc_acc" in records[5]
     saved = json.loads((run / "metrics.json").read_text())["test"]
-    assert saved == result and 0 <= result["accuracy"] <= 1 and result["num_instances"] == 300
+    assert saved == result and result["num_instances"] == 300
+    # 6 steps from seed 3 measured 0.36 on this set; a clustering by chance matches the largest class (~0.1)
+    assert result["accuracy"] > 0.25
     assert not list(run.glob("*.tmp")) and not list(run.glob(".*"))
 
 

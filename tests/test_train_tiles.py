@@ -13,6 +13,7 @@ from pathoucc.config import DataConfig, config_from_dict
 from pathoucc.data.sources import load_pools
 from pathoucc.errors import PathouccError
 from pathoucc.evaluate import evaluate_run
+from pathoucc.metrics import clustering_accuracy
 from pathoucc.slides.tiler import tile_slide
 from pathoucc.train import train_run
 
@@ -61,7 +62,11 @@ def test_train_on_tiles_with_timm_and_augmentations(tiles: dict[str, Path], tmp_
     cfg.data.test_tiles = [str(tiles["labelled"])]
     scores = evaluate_run(train_run(cfg, tmp_path / "run2", progress=False))
     assert scores["k"] == 10 or scores["k"] == len(set(np.unique(load_pools(cfg.data, ("test",))["test"].labels)))
-    assert 0 <= scores["accuracy"] <= 1
+    # the features carry the digit classes: above clusters drawn at random (0.20); measured 0.27-0.34, NMI 0.27-0.28
+    # (albumentations draws from its own unseeded generator, so the value varies a little from run to run)
+    labels = load_pools(cfg.data, ("test",))["test"].labels
+    random = clustering_accuracy(labels, np.random.default_rng(0).integers(0, scores["k"], len(labels)))
+    assert scores["accuracy"] > random and scores["nmi"] > 0.15
 
 
 def test_tiles_without_regions_cannot_train(tiles: dict[str, Path]) -> None:
