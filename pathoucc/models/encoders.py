@@ -84,7 +84,7 @@ class TimmEncoder(nn.Module):
 
     def __init__(self, name: str, in_chans: int = 3, pretrained_file: str | None = None) -> None:
         super().__init__()
-        import timm
+        import timm  # heavy: imported only for timm backbones
 
         try:
             self.model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
