@@ -1,4 +1,4 @@
-"""Training: bags -> UCC model, with metrics, checkpoints, resume, and a final clustering evaluation."""
+"""Training: bags -> UCC model, with metrics, checkpoints and resume; one loop, read top to bottom."""
 
 from __future__ import annotations
 
