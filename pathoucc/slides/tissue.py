@@ -10,7 +10,7 @@ from PIL import Image
 from scipy import ndimage
 
 from pathoucc.errors import PathouccError
-from pathoucc.io import atomic_path
+from pathoucc.files import atomic_path
 from pathoucc.slides.reader import Slide
 
 __all__ = [
