@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pathoucc.config import SegmentOptions, TileOptions, load_config, validate_options
-from pathoucc.errors import PathouccError
+from pathoucc.errors import PathouccError, TrainingInterrupted
 from pathoucc.files import write_json
 from pathoucc.slides.tiler import tile_slides
 
@@ -68,8 +68,12 @@ def evaluate(
 
 @app.command()
 def tile(
-    slides: Annotated[list[Path], typer.Argument(help="Slide files (SVS, tiled TIFF, NDPI, ..., PNG/JPEG)")],
     out: Annotated[Path, typer.Option("--out", help="Output folder: <stem>.h5 and <stem>_tissue.png per slide")],
+    slides: Annotated[list[Path] | None, typer.Argument(help="Slide files (SVS, tiled TIFF, NDPI, ..., PNG/JPEG)",
+                                                        show_default=False)] = None,
+    slide_list: Annotated[Path | None, typer.Option(help="Text file of slide paths, one per line")] = None,
+    shard: Annotated[str | None, typer.Option(help="Tile only shard I of N (1-based): I/N, e.g. for SLURM arrays")
+                     ] = None,
     patch_size: Annotated[int, typer.Option(help="Patch side in output-level pixels")] = 224,
     stride: Annotated[int | None, typer.Option(help="Grid step in output-level pixels (default: patch size)")] = None,
     level: Annotated[int | None, typer.Option(help="Pyramid level to read")] = None,
@@ -79,7 +83,8 @@ def tile(
     tissue_threshold: Annotated[float, typer.Option(help="Minimum tissue fraction of a kept patch")] = 0.5,
     region_size: Annotated[int, typer.Option(help="Region (bag) side in output pixels, with --mask/--geojson")] = 512,
     mask: Annotated[Path | None, typer.Option(help="Label-mask image (or folder of <stem>.png masks)")] = None,
-    geojson: Annotated[Path | None, typer.Option(help="QuPath GeoJSON (or folder of <stem>.geojson)")] = None,
+    geojson: Annotated[Path | None, typer.Option(help="QuPath GeoJSON: count-only regions (ucc/classes) or class "
+                                                      "polygons (or a folder of <stem>.geojson)")] = None,
     regions_csv: Annotated[Path | None, typer.Option(help="CSV of regions: slide,x,y,width,height,ucc")] = None,
     classes: Annotated[str | None, typer.Option(help="Class names in index order, comma-separated: a,b,c")] = None,
     zero_is_background: Annotated[bool, typer.Option(help="Mask value 0 = unlabelled, v = class v-1")] = True,
@@ -88,6 +93,18 @@ def tile(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Re-tile slides whose output exists")] = False,
 ) -> None:
     """Cut slides into tissue patches (one HDF5 per slide), with patch labels and region counts if annotated."""
+    from pathoucc.slides.cohort import parse_shard, read_slide_list, shard_slides
+
+    if slides and slide_list is not None:
+        raise PathouccError("give slides or --slide-list, not both")
+    slides = read_slide_list(slide_list) if slide_list is not None else list(slides or [])
+    if not slides:
+        raise PathouccError("no slides: give slide files or --slide-list FILE")
+    everything = len(slides)
+    if shard is not None:
+        index, count = parse_shard(shard)
+        slides = shard_slides(slides, index, count)
+        typer.echo(f"shard {index}/{count}: {len(slides)} of {everything} slides")
     given = [(k, v) for k, v in (("mask", mask), ("geojson", geojson), ("csv", regions_csv)) if v is not None]
     if len(given) > 1:
         raise PathouccError("give at most one of --mask, --geojson, --regions-csv")
@@ -101,12 +118,18 @@ def tile(
     def report_error(_path: Path, message: str) -> None:
         typer.echo(f"error: {message}", err=True)
 
-    single = len(slides) == 1  # a single slide's error is the command's error (exit 2)
+    single = everything == 1  # a single slide's error is the command's error (exit 2)
     report = tile_slides(slides, out, options, annotations=source, annotation_kind=kind,
                          on_error=None if single else report_error, progress=sys.stderr.isatty())
     if single and report.failed:
         raise PathouccError(report.failed[0][1])
-    typer.echo(f"tiled {len(report.written)}, skipped {len(report.skipped)} (already done), "
+    for path, note in report.notes:
+        typer.echo(f"warning: {path.name}: {note}", err=True)
+    for path, why in report.retiled:
+        typer.echo(f"re-tiled {path.name}: {why}")
+    if report.orphans:
+        typer.echo(f"removed {len(report.orphans)} temporary file(s) left by an interrupted run")
+    typer.echo(f"tiled {len(report.written)}, skipped {len(report.skipped)} (up to date), "
                f"failed {len(report.failed)} -> {out}")
     if report.failed:
         raise SystemExit(1)
@@ -218,6 +241,9 @@ def main() -> None:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
+    except TrainingInterrupted as exc:  # SIGTERM, SIGUSR1 or Ctrl-C during `train`: 128 + the signal
+        typer.echo(str(exc), err=True)
+        sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         typer.echo("interrupted (an interrupted `train` continues with --resume)", err=True)
         sys.exit(130)

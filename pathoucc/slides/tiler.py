@@ -15,7 +15,6 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import h5py
 import numpy as np
@@ -25,35 +24,43 @@ from pathoucc.config import TileOptions, validate_options
 from pathoucc.errors import PathouccError
 from pathoucc.files import atomic_path, ensure_writable_dir
 from pathoucc.runtime import progress_bar
-from pathoucc.slides import annotations as ann
+from pathoucc.slides.labelling import AnnotationKind, PatchLabels, annotation_for, kind_from_suffix, label_patches
+from pathoucc.slides.outputs import changes, input_record, output_lock, output_paths, read_record, remove_orphans
 from pathoucc.slides.reader import LevelChoice, Slide, open_slide, pick_level
 from pathoucc.slides.tilefile import FORMAT_VERSION, open_tiles
 from pathoucc.slides.tissue import TissueMask, detect_tissue, save_mask_png, tissue_fractions
 
 __all__ = ["TileReport", "output_paths", "tile_slide", "tile_slides"]
 
-AnnotationKind = Literal["mask", "geojson", "csv"]
 BLOCK_PIXELS = 1024  # side of a reading block in output pixels (rounded to whole strides)
 CHUNK_BYTES = 64 * 1024  # target HDF5 chunk size; at least one patch per chunk
 
 
 @dataclass
 class TileReport:
-    """Outcome of :func:`tile_slides`: written, skipped (valid output already there) and failed slides."""
+    """Outcome of :func:`tile_slides`: written (``retiled`` says which of them replaced stale tiles, and why),
+    skipped (up to date), failed slides, ``notes`` (regions skipped, unlabelled patches left out of bags, ...)
+    and the ``orphans`` (temporary files of killed runs) removed."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[Path] = field(default_factory=list)
     failed: list[tuple[Path, str]] = field(default_factory=list)
+    retiled: list[tuple[Path, str]] = field(default_factory=list)
+    notes: list[tuple[Path, str]] = field(default_factory=list)
+    orphans: list[Path] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
 
-def output_paths(slide_path: str | Path, out_dir: str | Path) -> tuple[Path, Path]:
-    """``(<out>/<stem>.h5, <out>/<stem>_tissue.png)`` for a slide."""
-    stem = Path(slide_path).stem
-    return Path(out_dir) / f"{stem}.h5", Path(out_dir) / f"{stem}_tissue.png"
+@dataclass
+class _Outcome:
+    path: Path
+    written: bool
+    stale: str | None = None  # why existing tiles were replaced
+    notes: list[str] = field(default_factory=list)
+    orphans: list[Path] = field(default_factory=list)
 
 
 def tile_slide(slide_path: str | Path, out_dir: str | Path, options: TileOptions | None = None, *,
@@ -62,13 +69,12 @@ def tile_slide(slide_path: str | Path, out_dir: str | Path, options: TileOptions
     """Tile one slide into ``<out_dir>/<stem>.h5`` (plus ``<stem>_tissue.png``) and return the HDF5 path.
 
     ``options`` is a :class:`~pathoucc.config.TileOptions`, or give its fields as keywords (``patch_size=224``,
-    ``level=0``, ...). ``annotations`` is a label mask image, a QuPath GeoJSON or a regions CSV (kind from
-    ``annotation_kind`` or the suffix); with a mask or GeoJSON, regions are ``region_size`` windows of the output
-    level and their UCC is counted from patch labels. A valid existing output with the same grid is kept unless
-    ``overwrite``.
+    ``level=0``, ...). ``annotations`` is a label mask image, a QuPath GeoJSON (count-only regions or dense class
+    polygons) or a regions CSV (kind from ``annotation_kind`` or the suffix); see :mod:`.labelling`. An existing
+    output made from the same inputs (:mod:`.outputs`) is kept unless ``overwrite``; one made from other inputs
+    is replaced.
     """
-    path, _ = _tile(slide_path, out_dir, _options(options, values), annotations, annotation_kind, progress)
-    return path
+    return _tile(slide_path, out_dir, _options(options, values), annotations, annotation_kind, progress).path
 
 
 def tile_slides(slide_paths: list[str | Path], out_dir: str | Path, options: TileOptions | None = None, *,
@@ -83,7 +89,7 @@ def tile_slides(slide_paths: list[str | Path], out_dir: str | Path, options: Til
     report = TileReport()
     ensure_writable_dir(out_dir)
     slide_paths = [Path(p) for p in slide_paths]
-    kind = annotation_kind or (_kind_from_suffix(Path(annotations)) if annotations and
+    kind = annotation_kind or (kind_from_suffix(Path(annotations)) if annotations and
                                not Path(annotations).is_dir() else None)
     if annotations is not None and Path(annotations).is_file() and kind != "csv" and len(slide_paths) > 1:
         raise PathouccError(f"one {kind} file cannot annotate {len(slide_paths)} slides; pass a folder of "
@@ -95,9 +101,13 @@ def tile_slides(slide_paths: list[str | Path], out_dir: str | Path, options: Til
                 raise PathouccError(f"has the same name as {seen[slide_path.stem]}; outputs would collide",
                                     slide_path)
             seen[slide_path.stem] = slide_path
-            source = _annotation_for(slide_path, Path(annotations), kind) if annotations is not None else None
-            out, written = _tile(slide_path, out_dir, options, source, kind, progress)
-            (report.written if written else report.skipped).append(out)
+            source = annotation_for(slide_path, Path(annotations), kind) if annotations is not None else None
+            done = _tile(slide_path, out_dir, options, source, kind, progress)
+            (report.written if done.written else report.skipped).append(done.path)
+            if done.stale:
+                report.retiled.append((done.path, done.stale))
+            report.notes.extend((slide_path, note) for note in done.notes)
+            report.orphans.extend(done.orphans)
         except (PathouccError, OSError) as exc:
             message = str(exc) if isinstance(exc, PathouccError) else f"{slide_path}: {exc}"
             report.failed.append((slide_path, message))
@@ -113,34 +123,42 @@ def _options(options: TileOptions | None, values: dict) -> TileOptions:
 
 
 def _tile(slide_path: str | Path, out_dir: str | Path, o: TileOptions, annotations: str | Path | None,
-          annotation_kind: AnnotationKind | None, progress: bool) -> tuple[Path, bool]:
+          annotation_kind: AnnotationKind | None, progress: bool) -> _Outcome:
     slide_path = Path(slide_path)
+    annotations = None if annotations is None else Path(annotations)
+    kind = None if annotations is None else (annotation_kind or kind_from_suffix(annotations))
     h5_path, png_path = output_paths(slide_path, out_dir)
-    with open_slide(slide_path) as slide:
-        choice = pick_level(slide, magnification=o.magnification, mpp=o.mpp, level=o.level, downsample=o.downsample)
-        if h5_path.exists() and not o.overwrite and _is_done(h5_path, choice, o.patch_size, o.step,
-                                                             annotations is not None):
-            return h5_path, False
-        ensure_writable_dir(out_dir)
-        tissue = _tissue(slide, o.tissue_threshold)
-        grid = _grid(slide, choice, o.patch_size, o.step, tissue, o.tissue_threshold)
-        labels = _annotate(slide, choice, grid, o, annotations, annotation_kind)
-        save_mask_png(tissue.mask, png_path)
-        _write(slide, choice, grid, labels, h5_path, o, progress)
-    return h5_path, True
+    ensure_writable_dir(out_dir)
+    with output_lock(h5_path):
+        orphans = remove_orphans(h5_path, png_path)
+        with open_slide(slide_path) as slide:
+            choice = pick_level(slide, magnification=o.magnification, mpp=o.mpp, level=o.level,
+                                downsample=o.downsample)
+            if annotations is not None and not annotations.is_file():
+                raise PathouccError("annotation file not found", annotations)
+            record = input_record(slide_path, annotations, kind, o)
+            stale = _stale(h5_path, record) if h5_path.exists() else None
+            if stale == "" and not o.overwrite:
+                return _Outcome(h5_path, False, orphans=orphans)
+            tissue = _tissue(slide, o.tissue_threshold)
+            grid = _grid(slide, choice, o.patch_size, o.step, tissue, o.tissue_threshold)
+            labels = None if annotations is None else label_patches(
+                annotations, kind, slide_path=slide.path, slide_dimensions=slide.dimensions, coords=grid.coords,
+                positions=grid.positions, downsample=choice.downsample, options=o)
+            save_mask_png(tissue.mask, png_path)
+            _write(slide, choice, grid, labels, h5_path, o, record, progress)
+    return _Outcome(h5_path, True, stale or None, labels.notes if labels is not None else [], orphans)
 
 
-def _is_done(h5_path: Path, choice: LevelChoice, patch_size: int, stride: int, annotated: bool) -> bool:
+def _stale(h5_path: Path, record: dict) -> str:
+    """Why the tiles at ``h5_path`` are not those ``record`` makes ("" = up to date)."""
     try:
-        done = open_tiles(h5_path)
-    except PathouccError:
-        return False  # unreadable or incomplete: tile again
-    have = (done.patch_size, done.stride, done.patch_level, round(done.downsample, 3), done.region is not None)
-    want = (patch_size, stride, choice.level, round(choice.downsample, 3), annotated)
-    if have != want:
-        raise PathouccError(f"already holds tiles with (patch size, stride, level, downsample, annotated) = {have}, "
-                            f"not {want}; use --overwrite or another output folder", h5_path)
-    return True
+        open_tiles(h5_path)
+        with h5py.File(h5_path, "r") as f:
+            old = read_record(f.attrs.get("inputs"))
+    except (PathouccError, OSError):
+        return "the existing file is unreadable or incomplete"
+    return "; ".join(changes(old, record))
 
 
 def _tissue(slide: Slide, threshold: float) -> TissueMask:
@@ -203,44 +221,8 @@ def _grid(slide: Slide, choice: LevelChoice, patch_size: int, stride: int, tissu
     return _Grid(positions, coords, blocks, (w_out, h_out))
 
 
-def _annotate(slide: Slide, choice: LevelChoice, grid: _Grid, o: TileOptions, source: str | Path | None,
-              kind: AnnotationKind | None) -> dict | None:
-    if source is None:
-        return None
-    source = Path(source)
-    patch_size, classes = o.patch_size, o.classes
-    kind = kind or _kind_from_suffix(source)
-    extent = patch_size * choice.downsample
-    n = len(grid.coords)
-    if kind == "csv":
-        table = ann.read_regions_csv(source, slide.path, slide.dimensions)
-        region = ann.assign_regions(grid.coords, extent, table.boxes)
-        if not (region >= 0).any():
-            raise PathouccError(f"no tissue patch of {slide.path.name} lies inside any of its {len(table.boxes)} "
-                                "regions", source)
-        return {"labels": np.full(n, -1, np.int64), "region": region, "boxes": table.boxes, "ucc": table.ucc,
-                "class_names": classes}
-    if kind == "mask":
-        raster = ann.read_label_mask(source, slide.dimensions, zero_is_background=o.zero_is_background,
-                                     classes=classes)
-    else:
-        raster = ann.read_geojson(source, slide.dimensions, classes=classes, downsample=max(1.0, extent / 8))
-    labels = ann.patch_labels(raster, grid.coords, extent, o.min_label_coverage)
-    if not (labels >= 0).any():
-        raise PathouccError(f"the annotations do not overlap any tissue patch of {slide.path.name}", source)
-    region, boxes = ann.grid_regions(grid.positions, patch_size, o.region_size, choice.downsample,
-                                     slide.dimensions)
-    ucc = ann.region_ucc(labels, region, len(boxes))
-    keep = ucc > 0  # regions without a single labelled patch carry no count
-    remap = np.full(len(boxes) + 1, -1, np.int64)
-    remap[np.flatnonzero(keep)] = np.arange(int(keep.sum()))
-    region = remap[region]  # -1 stays -1 (index -1 is the sentinel entry)
-    return {"labels": labels, "region": region, "boxes": boxes[keep], "ucc": ucc[keep],
-            "class_names": raster.class_names}
-
-
-def _write(slide: Slide, choice: LevelChoice, grid: _Grid, labels: dict | None, h5_path: Path, o: TileOptions,
-           progress: bool) -> None:
+def _write(slide: Slide, choice: LevelChoice, grid: _Grid, labels: PatchLabels | None, h5_path: Path,
+           o: TileOptions, record: dict, progress: bool) -> None:
     n, p, stride = len(grid.coords), o.patch_size, o.step
     chunk = int(np.clip(CHUNK_BYTES // (p * p * 3), 1, 16))
     comp = {"gzip": {"compression": "gzip", "compression_opts": 4}, "lzf": {"compression": "lzf"},
@@ -258,14 +240,17 @@ def _write(slide: Slide, choice: LevelChoice, grid: _Grid, labels: dict | None, 
         f.attrs["mpp"] = np.asarray(slide.mpp if slide.mpp else (np.nan, np.nan), np.float64)
         f.attrs["format_version"] = FORMAT_VERSION
         f.attrs["tissue_threshold"] = float(o.tissue_threshold)
+        f.attrs["inputs"] = json.dumps(record)
         if labels is not None:
-            f.create_dataset("labels", data=labels["labels"].astype(np.int64))
-            f.create_dataset("region", data=labels["region"].astype(np.int64))
+            f.create_dataset("labels", data=labels.labels.astype(np.int64))
+            f.create_dataset("region", data=labels.region.astype(np.int64))
             group = f.create_group("regions")
-            group.create_dataset("boxes", data=np.asarray(labels["boxes"], np.int64).reshape(-1, 4))
-            group.create_dataset("ucc", data=np.asarray(labels["ucc"], np.int64))
-            if labels["class_names"] is not None:
-                f.attrs["class_names"] = json.dumps(list(labels["class_names"]))
+            group.create_dataset("boxes", data=np.asarray(labels.boxes, np.int64).reshape(-1, 4))
+            group.create_dataset("ucc", data=np.asarray(labels.ucc, np.int64))
+            if labels.feature is not None:
+                group.create_dataset("feature", data=labels.feature.astype(np.int64))
+            if labels.class_names is not None:
+                f.attrs["class_names"] = json.dumps(list(labels.class_names))
         patches = f.create_dataset("patches", shape=(n, p, p, 3), dtype=np.uint8, chunks=(chunk, p, p, 3),
                                    **comp)
         with (progress_bar(progress, slide.path.name, n) as advance,
@@ -308,30 +293,3 @@ def _read_block(slide: Slide, choice: LevelChoice, grid: _Grid, block: tuple, p:
     for k, (ox, oy) in enumerate(offsets.tolist()):
         out[k] = pixels[oy:oy + p, ox:ox + p]
     return out
-
-
-def _kind_from_suffix(path: Path) -> AnnotationKind:
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        return "csv"
-    if suffix in (".geojson", ".json"):
-        return "geojson"
-    return "mask"
-
-
-_SUFFIXES = {"mask": (".png", ".tif", ".tiff"), "geojson": (".geojson", ".json"), "csv": (".csv",)}
-
-
-def _annotation_for(slide_path: Path, annotations: Path, kind: AnnotationKind | None) -> Path:
-    """The annotation file of one slide: ``annotations`` itself, or ``<folder>/<stem>[_mask|_labels].<ext>``."""
-    if not annotations.is_dir():
-        return annotations
-    kinds = [kind] if kind else list(_SUFFIXES)
-    for k in kinds:
-        for tag in ("", "_mask", "_labels", "_annotations"):
-            for suffix in _SUFFIXES[k]:
-                candidate = annotations / f"{slide_path.stem}{tag}{suffix}"
-                if candidate.is_file():
-                    return candidate
-    raise PathouccError(f"no annotation file for {slide_path.name} (looked for {slide_path.stem}[_mask].<ext>)",
-                        annotations)

@@ -1,0 +1,137 @@
+"""`pathoucc tile --geojson` with count-only regions (issue 8), and dense windows that keep unknown patches out."""
+
+import json
+
+import numpy as np
+import pytest
+import shapely
+from PIL import Image
+from slide_fixtures import CELL, MARGIN, digit_slide
+from test_tiling_cli import run
+
+from pathoucc.slides.tilefile import open_tiles
+from pathoucc.slides.tiler import tile_slide
+
+__all__ = ["digit_slide"]
+
+
+def square(x0, y0, x1, y1):
+    return [[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]]
+
+
+def feature(rings, kind="Polygon", **props):
+    return {"type": "Feature", "geometry": {"type": kind, "coordinates": rings}, "properties": props}
+
+
+def write(folder, features, name="digits.geojson"):
+    path = folder / name
+    path.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    return path
+
+
+REGIONS = [
+    feature([square(256, 256, 512, 512), square(320, 320, 448, 448)], ucc=2, name="ring"),  # 64 - 16 patches
+    feature([[square(512, 256, 768, 384)], [square(512, 640, 768, 768)]], "MultiPolygon", ucc=3),  # 32 + 32
+    feature([[[256, 520], [500, 530], [480, 760], [270, 740], [256, 520]]], classes=["a", "b"], name="tri"),
+    feature([square(0, 0, 200, 200)], ucc=1, name="glass"),  # white margin: no tissue
+    feature([square(2000, 2000, 2100, 2100)], ucc=1, name="elsewhere"),  # off the slide
+    feature([square(600, 420, 700, 600)], measurements=[{"name": "ucc", "value": 1.0}]),  # QuPath measurement
+]
+
+
+def test_cli_count_only_regions_become_bags(digit_slide, tmp_path):
+    geojson = write(tmp_path, REGIONS)
+    out = tmp_path / "tiles"
+    proc = run(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--level", 0, "--geojson", geojson,
+               "--classes", "a,b,c")
+    assert proc.returncode == 0, proc.stderr
+    warnings = proc.stderr.strip().splitlines()
+    assert len(warnings) == 2 and all(w.startswith("warning: digits.tif: digits.geojson: feature ") for w in warnings)
+    assert 'feature 3 "glass" contains no tissue' in warnings[0] and 'feature 4 "elsewhere" lies outside' in warnings[1]
+    tiles = open_tiles(out / "digits.h5")
+    assert tiles.num_patches == 256 and tiles.class_names == ["a", "b", "c"] and (tiles.labels == -1).all()
+    assert tiles.region_ucc.tolist() == [2, 3, 2, 1]  # the features' counts, for the regions with tissue
+    centres = tiles.coords + CELL / 2
+    expected = np.full(tiles.num_patches, -1)
+    for r, k in enumerate([0, 1, 2, 5]):
+        rings = REGIONS[k]["geometry"]["coordinates"]
+        geom = shapely.Polygon(rings[0], rings[1:]) if REGIONS[k]["geometry"]["type"] == "Polygon" else \
+            shapely.MultiPolygon([shapely.Polygon(p[0], p[1:]) for p in rings])
+        expected[shapely.contains_xy(geom, centres[:, 0], centres[:, 1])] = r
+    np.testing.assert_array_equal(tiles.region, expected)
+    assert np.bincount(tiles.region[tiles.region >= 0]).tolist()[:2] == [48, 64]
+    assert (tiles.region == -1).sum() > 0  # patches outside every region are in no bag
+    np.testing.assert_array_equal(tiles.region_boxes[0], [256, 256, 256, 256])
+    import h5py
+
+    with h5py.File(out / "digits.h5") as f:
+        assert f["regions/feature"][()].tolist() == [0, 1, 2, 5]
+
+
+def _bad(case, tmp_path):
+    ring = square(256, 256, 512, 512)
+    features = {
+        "ucc_zero": [feature([ring], ucc=0, name="zero")],
+        "ucc_text": [feature([ring], ucc="2")],
+        "ucc_fraction": [feature([ring], ucc=2.5)],
+        "ucc_above_classes": [feature([ring], ucc=4, name="many")],
+        "unknown_class": [feature([ring], classes=["a", "mucus"], name="m")],
+        "not_closed": [feature([ring[:-1]], ucc=1)],
+        "bow_tie": [feature([[[300, 300], [500, 500], [500, 300], [300, 500], [300, 300]]], ucc=1)],
+        "off_slide": [feature([square(5000, 5000, 5100, 5100)], ucc=1, name="far")],
+        "fewer_patches": [feature([square(256, 256, 320, 288)], ucc=3, name="small")],  # 2 patches
+        "mixed": [feature([ring], ucc=1), feature([square(600, 600, 700, 700)], classification={"name": "a"})],
+        "overlap": [feature([ring], ucc=1, name="A"), feature([square(480, 480, 600, 600)], ucc=1, name="B")],
+    }[case]
+    return write(tmp_path, features)
+
+
+@pytest.mark.parametrize("case, words", [
+    ("ucc_zero", 'feature 0 "zero": ucc must be a positive integer'),
+    ("ucc_text", "feature 0: ucc must be a positive integer"),
+    ("ucc_fraction", "feature 0: ucc must be a positive integer, got 2.5"),
+    ("ucc_above_classes", 'feature 0 "many": ucc 4 is larger than the 3 classes'),
+    ("unknown_class", "classes 'mucus' not among the run's classes"),
+    ("not_closed", "feature 0: ring 0 is not closed"),
+    ("bow_tie", "feature 0: geometry is not valid"),
+    ("off_slide", "no count region overlaps the slide"),
+    ("fewer_patches", 'feature 0 "small" holds 2 tissue patch(es) but has ucc 3'),
+    ("mixed", "mixes count-only regions (feature 0 has a ucc/classes count) and dense class polygons (feature 1"),
+    ("overlap", 'feature 0 "A" and feature 1 "B" overlap'),
+])
+def test_cli_bad_count_regions_are_one_line_and_write_nothing(digit_slide, tmp_path, case, words):
+    geojson = _bad(case, tmp_path)
+    out = tmp_path / "out"
+    proc = run(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--level", 0, "--geojson", geojson,
+               "--classes", "a,b,c")
+    assert proc.returncode == 2, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {geojson}: ") and "Traceback" not in proc.stderr
+    assert words in lines[0]
+    assert not out.exists() or not list(out.iterdir())  # nothing half-written (not even the tissue PNG)
+
+
+def test_geojson_folder_and_several_slides(digit_slide, tmp_path):
+    folder = tmp_path / "annotations"
+    folder.mkdir()
+    write(folder, REGIONS[:1])
+    proc = run(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
+               "--geojson", folder)
+    assert proc.returncode == 0, proc.stderr
+    assert open_tiles(tmp_path / "tiles" / "digits.h5").region_ucc.tolist() == [2]
+
+
+def test_dense_windows_hold_only_labelled_patches(digit_slide, tmp_path):
+    """A mask that leaves tissue unlabelled: those patches are in no bag, and each bag's count is its own."""
+    mask = np.asarray(Image.open(digit_slide["mask"])).copy()
+    mask[MARGIN:MARGIN + 3 * CELL, MARGIN:MARGIN + 5 * CELL] = 0  # 15 digit cells of the first window unlabelled
+    partial = tmp_path / "partial_mask.png"
+    Image.fromarray(mask).save(partial)
+    tiles = open_tiles(tile_slide(digit_slide["slide"], tmp_path, patch_size=CELL, level=0, region_size=256,
+                                  annotations=partial))
+    unknown = tiles.labels < 0
+    assert unknown.sum() == 15 and (tiles.region[unknown] == -1).all()
+    assert (tiles.region[~unknown] >= 0).all()
+    for r in range(tiles.num_regions):
+        assert tiles.region_ucc[r] == len(np.unique(tiles.labels[tiles.region == r]))
+    assert np.bincount(tiles.region[tiles.region >= 0]).tolist() == [64 - 15, 64, 64, 64]
