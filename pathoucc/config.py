@@ -32,10 +32,17 @@ class DataConfig(_Section):
 
 
 class BagsConfig(_Section):
-    """Bags of ``bag_size`` instances whose number of distinct classes is drawn from [ucc_min, ucc_max]."""
+    """Bags of ``bag_size`` instances whose number of distinct classes is drawn from [ucc_min, ucc_max].
+
+    ``instances_per_batch``: with labelled instances (MNIST, IDX), the bags of a step share this many distinct
+    instances (each encoded once), so ``bags_per_batch`` can be large at little cost; unset, every bag has
+    instances of its own. With regions (tiles), a step's regions hold at most this many instances in all. Regions
+    larger than ``bag_size`` are subsampled only when their patch labels are known (the bag is then labelled with
+    its own count); count-only regions are always whole bags."""
 
     bag_size: int = Field(32, ge=1)
     bags_per_batch: int = Field(20, ge=1)
+    instances_per_batch: int | None = Field(None, ge=1)
     ucc_min: int = Field(1, ge=1)
     ucc_max: int = Field(4, ge=1)
 
@@ -73,6 +80,11 @@ class LossConfig(_Section):
 
 
 class TrainConfig(_Section):
+    """The loop. ``amp``: mixed precision where the hardware has it (bf16 on CPUs with AVX512-BF16/AMX and on GPUs
+    that support it, else fp16 with loss scaling on GPUs; fp32 otherwise). ``encoder_chunk``: encode at most this
+    many instances at once, recomputing activations in the backward pass (0 = all at once), for bags larger than
+    memory."""
+
     steps: int = Field(2000, ge=1)
     max_minutes: float | None = Field(None, gt=0)
     lr: float = Field(1e-3, gt=0)
@@ -85,6 +97,7 @@ class TrainConfig(_Section):
     log_every: int = Field(20, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
+    encoder_chunk: int = Field(0, ge=0)
     num_threads: int = Field(0, ge=0)
     snapshot_every: int = Field(0, ge=0)
 

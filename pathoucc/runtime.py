@@ -12,7 +12,7 @@ from pathoucc.errors import PathouccError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["progress_bar", "seed_everything", "select_device"]
+__all__ = ["autocast", "autocast_dtype", "cpu_has_bf16", "progress_bar", "seed_everything", "select_device"]
 
 
 def select_device(name: str) -> torch.device:
@@ -24,6 +24,40 @@ def select_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise PathouccError("device is 'cuda' but no CUDA device is available")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 matrix products natively (AVX512-BF16 or AMX; read from /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool({"avx512_bf16", "amx_bf16"} & flags)
+    except OSError:
+        pass
+    return False
+
+
+def autocast_dtype(device: torch.device, enabled: bool = True) -> torch.dtype | None:
+    """The mixed-precision type for ``device``: bf16 on CUDA GPUs that support it and on CPUs with native bf16,
+    fp16 on other CUDA GPUs, None (fp32) otherwise or when not ``enabled``."""
+    import torch
+
+    if not enabled:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """``torch.autocast`` for ``device`` and ``dtype``, or a no-op context when ``dtype`` is None."""
+    import contextlib
+
+    import torch
+
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def seed_everything(seed: int) -> None:

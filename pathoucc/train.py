@@ -7,7 +7,6 @@ import logging
 import math
 import os
 import time
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -15,15 +14,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pathoucc.config import Config, load_config, save_config
-from pathoucc.data.augment import build_augment
-from pathoucc.data.bags import create_bag_sampler
+from pathoucc.config import Config, save_config
+from pathoucc.data.augment import build_augment, reseed_augment
+from pathoucc.data.bags import BagBatch, create_bag_sampler
 from pathoucc.data.pool import InstancePool
 from pathoucc.data.sources import load_pools
-from pathoucc.errors import PathouccError
+from pathoucc.errors import PathouccError, TrainingInterrupted
 from pathoucc.files import atomic_path, ensure_writable_dir
 from pathoucc.models import UCCModel, create_model
 from pathoucc.plots import plot_training_curves
+from pathoucc.preempt import stop_requests
 from pathoucc.run import (
     CHECKPOINT,
     CONFIG,
@@ -31,12 +31,13 @@ from pathoucc.run import (
     LOG,
     METRICS_LOG,
     MODEL,
+    check_resume_config,
     load_checkpoint,
     save_model,
     save_weights,
     snapshot_path,
 )
-from pathoucc.runtime import progress_bar, seed_everything, select_device
+from pathoucc.runtime import autocast, autocast_dtype, progress_bar, seed_everything, select_device
 
 __all__ = ["Trainer", "lr_factor", "train_run", "ucc_loss_terms"]
 
@@ -72,15 +73,16 @@ def lr_factor(cfg: Config, step: int) -> float:
     return _cosine(1.0, 0.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
 
 
-def ucc_loss_terms(model: UCCModel, bags: torch.Tensor, ucc_target: torch.Tensor,
-                   cfg: Config) -> dict[str, torch.Tensor]:
-    """Forward pass and the weighted loss. ``bags`` is ``(B, N, C, H, W)``, ``ucc_target`` ``(B,)`` class ids."""
-    out = model(bags)
+def ucc_loss_terms(model: UCCModel, x: torch.Tensor, members: torch.Tensor, mask: torch.Tensor,
+                   ucc_target: torch.Tensor, cfg: Config) -> dict[str, torch.Tensor]:
+    """Forward pass and the weighted loss: instances ``x`` ``(M, C, H, W)``, bags ``members``/``mask``
+    ``(B, N)`` (see :class:`~pathoucc.data.bags.BagBatch`), ``ucc_target`` ``(B,)`` class ids."""
+    out = model(x, members, mask, chunk=cfg.train.encoder_chunk)
     terms = {"ucc_loss": F.cross_entropy(out["logits"].float(), ucc_target)}
     terms["ucc_acc"] = (out["logits"].argmax(1) == ucc_target).float().mean()
     loss = cfg.loss.ucc_weight * terms["ucc_loss"]
     if "recon" in out and cfg.loss.ae_weight > 0:
-        terms["recon_loss"] = F.mse_loss(out["recon"].float(), bags.flatten(0, 1))
+        terms["recon_loss"] = F.mse_loss(out["recon"].float(), x)
         loss = loss + cfg.loss.ae_weight * terms["recon_loss"]
     terms["loss"] = loss
     return terms
@@ -95,7 +97,7 @@ class Trainer:
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
         self.device = select_device(t.device)
-        self.amp = t.amp and self.device.type == "cuda"
+        self.amp_dtype = autocast_dtype(self.device, t.amp)
         seed_everything(cfg.seed)
         self.train_pool, self.val_pool = pools["train"], pools.get("val")
         c, h, w = self.train_pool.shape
@@ -106,18 +108,23 @@ class Trainer:
             )
         b = cfg.bags
         try:
-            self.sampler = create_bag_sampler(self.train_pool, b.bag_size, b.ucc_min, b.ucc_max, cfg.seed)
-            self.val_sampler = (
-                create_bag_sampler(self.val_pool, b.bag_size, b.ucc_min, b.ucc_max, cfg.seed + 1)
+            self.sampler = create_bag_sampler(self.train_pool, b.bag_size, b.ucc_min, b.ucc_max, cfg.seed,
+                                              b.instances_per_batch)
+            val_sampler = (
+                create_bag_sampler(self.val_pool, b.bag_size, b.ucc_min, b.ucc_max, cfg.seed + 1,
+                                   b.instances_per_batch)
                 if self.val_pool is not None and len(self.val_pool) else None
             )
         except ValueError as exc:
             raise PathouccError(f"cannot build bags: {exc}") from None
-        self.val_bags = self.val_sampler.sample(t.val_bags) if self.val_sampler else None
+        # fixed validation bags: ceil(val_bags / bags_per_batch) batches drawn once
+        self.val_batches = [] if val_sampler is None else [
+            val_sampler.sample(i, min(b.bags_per_batch, t.val_bags - i * b.bags_per_batch))
+            for i in range(math.ceil(t.val_bags / b.bags_per_batch))]
         self.augment = build_augment(cfg.data.augment)
         self.model = create_model(cfg.model, self.sampler.num_ucc).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step = 0
         self.elapsed = 0.0  # training seconds, validation excluded
 
@@ -127,7 +134,6 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "sampler": _jsonable(self.sampler.state_dict()),
             "torch_rng": torch.get_rng_state(),
             "step": self.step,
             "elapsed": self.elapsed,
@@ -138,7 +144,6 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
-        self.sampler.load_state_dict(_unjsonable(state["sampler"]))
         torch.set_rng_state(state["torch_rng"])
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
 
@@ -151,22 +156,21 @@ class Trainer:
                      snapshot_path(self.run_dir, self.step))
 
     # ----------------------------------------------------------------- loop
-    def _batch(self, indices: np.ndarray, augment: bool) -> torch.Tensor:
-        x = self.train_pool.tensor(indices.reshape(-1), self.augment if augment else None)
-        return x.view(*indices.shape, *x.shape[1:]).to(self.device, non_blocking=True)
-
-    def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.float16) if self.amp else nullcontext()
+    def _tensors(self, pool: InstancePool, batch: BagBatch, transform=None) -> tuple[torch.Tensor, ...]:
+        """A step's instances ``(M, C, H, W)``, members, mask and ucc targets on the device."""
+        x = pool.tensor(batch.instances, transform)
+        return tuple(t.to(self.device, non_blocking=True) for t in (
+            x, torch.from_numpy(batch.members), torch.from_numpy(batch.mask),
+            torch.from_numpy(batch.ucc - self.cfg.bags.ucc_min)))
 
     def train_step(self) -> dict[str, float]:
         self.model.train()
-        indices, ucc = self.sampler.sample(self.cfg.bags.bags_per_batch)
-        bags = self._batch(indices, augment=True)
-        target = torch.from_numpy(ucc - self.cfg.bags.ucc_min).to(self.device)
+        batch = self.sampler.sample(self.step, self.cfg.bags.bags_per_batch)
+        x, members, mask, target = self._tensors(self.train_pool, batch, self.augment)
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.train.lr * lr_factor(self.cfg, self.step)
-        with self._autocast():
-            terms = ucc_loss_terms(self.model, bags, target, self.cfg)
+        with autocast(self.device, self.amp_dtype):
+            terms = ucc_loss_terms(self.model, x, members, mask, target, self.cfg)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
         self.scaler.step(self.optimizer)
@@ -177,21 +181,18 @@ class Trainer:
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
         """ucc loss/accuracy on fixed validation bags (weak labels only)."""
-        if self.val_bags is None:
+        if not self.val_batches:
             return {}
         self.model.eval()
-        indices, ucc = self.val_bags
         totals: dict[str, float] = {}
-        chunk = self.cfg.bags.bags_per_batch
-        for i in range(0, len(ucc), chunk):
-            x = self.val_pool.tensor(indices[i : i + chunk].reshape(-1))
-            x = x.view(*indices[i : i + chunk].shape, *x.shape[1:]).to(self.device)
-            target = torch.from_numpy(ucc[i : i + chunk] - self.cfg.bags.ucc_min).to(self.device)
-            with self._autocast():
-                terms = ucc_loss_terms(self.model, x, target, self.cfg)
+        for batch in self.val_batches:
+            x, members, mask, target = self._tensors(self.val_pool, batch)
+            with autocast(self.device, self.amp_dtype):
+                terms = ucc_loss_terms(self.model, x, members, mask, target, self.cfg)
             for k, v in terms.items():
                 totals[f"val_{k}"] = totals.get(f"val_{k}", 0.0) + float(v) * len(target)
-        return {k: v / len(ucc) for k, v in totals.items()}
+        total = sum(len(b.ucc) for b in self.val_batches)
+        return {k: v / total for k, v in totals.items()}
 
     def fit(self, progress: bool = True) -> None:
         t = self.cfg.train
@@ -199,15 +200,13 @@ class Trainer:
         metrics_path = self.run_dir / METRICS_LOG
         running: dict[str, list[float]] = {}
         info = ""
-        with progress_bar(progress, "train", t.steps, self.step, "steps") as advance, metrics_path.open("a") as mlog:
+        # SIGTERM / SIGUSR1 / Ctrl-C only set a flag: the step in flight finishes, then a checkpoint is saved
+        with (stop_requests() as stop, metrics_path.open("a") as mlog,
+              progress_bar(progress, "train", t.steps, self.step, "steps") as advance):
             while self.step < t.steps and self.elapsed < budget:
+                reseed_augment(self.augment, self.cfg.seed, self.step)  # a step's augmentations: (seed, step)
                 start = time.perf_counter()
-                try:
-                    terms = self.train_step()
-                except KeyboardInterrupt:  # keep every finished step; `--resume` continues from here
-                    self.save_checkpoint()
-                    log.info("interrupted at step %d; checkpoint saved", self.step)
-                    raise
+                terms = self.train_step()
                 self.elapsed += time.perf_counter() - start
                 for k, v in terms.items():
                     running.setdefault(k, []).append(v)
@@ -228,16 +227,11 @@ class Trainer:
                     self.save_checkpoint()
                 if t.snapshot_every and self.step % t.snapshot_every == 0:
                     self.save_snapshot()
+                if stop.signum is not None:
+                    self.save_checkpoint()
+                    log.info("interrupted by %s at step %d; checkpoint saved", stop.name, self.step)
+                    raise TrainingInterrupted(stop.name, self.step, stop.exit_code)
         self.save_checkpoint()
-
-
-def _jsonable(obj: Any) -> Any:
-    """numpy generator state holds ints beyond 64 bits; store it as JSON text (safe for weights_only)."""
-    return json.dumps(obj, default=int)
-
-
-def _unjsonable(obj: Any) -> Any:
-    return json.loads(obj) if isinstance(obj, str) else obj
 
 
 def train_run(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
@@ -250,9 +244,7 @@ def train_run(cfg: Config, run_dir: str | Path, resume: bool = False, progress: 
     ckpt = run_dir / CHECKPOINT
     if resume:
         state = load_checkpoint(ckpt)
-        saved = load_config(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else None
-        if saved is not None and saved.model != cfg.model:
-            raise PathouccError("config's model section differs from the run being resumed", run_dir / CONFIG)
+        check_resume_config(run_dir, state, cfg)  # only the step/time budget and logging may change
     else:
         if ckpt.exists():
             raise PathouccError("run folder already holds a checkpoint: use --resume, or choose another --out",
@@ -276,11 +268,23 @@ def train_run(cfg: Config, run_dir: str | Path, resume: bool = False, progress: 
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records logged after the checkpoint being resumed (they will be produced again)."""
-    if path.is_file():
-        lines = [x for x in path.read_text().splitlines() if x.strip() and json.loads(x).get("step", 0) <= step]
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(f"{x}\n" for x in lines))
+    """Drop records logged after the checkpoint being resumed (they will be produced again), and lines that are
+    not JSON records (the torn last line of a killed run), with a warning."""
+    if not path.is_file():
+        return
+    lines, torn = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            torn += bool(line.strip())
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            lines.append(line)
+    if torn:
+        log.warning("%s: dropped %d unreadable line(s) (a run killed while writing)", path, torn)
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(f"{x}\n" for x in lines))
 
 
 def _setup_file_logging(run_dir: Path) -> None:

@@ -84,55 +84,89 @@ def test_numpy_only_unpickler_refuses_code() -> None:
     np.testing.assert_array_equal(_NumpyOnlyUnpickler(io.BytesIO(pickle.dumps(arr))).load(), arr)
 
 
-def test_bag_sampler_counts_are_exact_and_balanced(digits) -> None:
+def _bags(batch) -> list[np.ndarray]:
+    """Each bag's pool indices (real members only)."""
+    return [batch.instances[m[k]] for m, k in zip(batch.members, batch.mask, strict=True)]
+
+
+@pytest.mark.parametrize("shared", [None, 200])
+def test_bag_sampler_counts_are_exact_and_balanced(digits, shared) -> None:
     _, labels = digits
-    sampler = BagSampler(labels, bag_size=16, ucc_min=1, ucc_max=4, seed=0)
-    indices, ucc = sampler.sample(400)
-    assert indices.shape == (400, 16)
-    for bag, u in zip(indices, ucc, strict=True):
+    sampler = BagSampler(labels, bag_size=16, ucc_min=1, ucc_max=4, seed=0, instances_per_batch=shared)
+    batch = sampler.sample(0, 400)
+    assert batch.members.shape == (400, 16) and batch.mask.all()
+    for bag, u in zip(_bags(batch), batch.ucc, strict=True):
         assert len(np.unique(labels[bag])) == u
         assert len(np.unique(bag)) == 16  # no instance twice in a bag
-    assert np.bincount(ucc, minlength=5)[1:].tolist() == [100, 100, 100, 100]
+    assert np.bincount(batch.ucc, minlength=5)[1:].tolist() == [100, 100, 100, 100]
+    if shared:  # the bags share the step's instances: 20 of each of the 10 classes
+        assert len(batch.instances) == 200 and len(np.unique(batch.instances)) == 200
+        assert np.bincount(labels[batch.instances]).tolist() == [20] * 10
 
 
-def test_bag_sampler_is_reproducible_and_resumable(digits) -> None:
+def test_bag_sampler_is_a_function_of_seed_and_step(digits) -> None:
     _, labels = digits
     a, b = BagSampler(labels, 8, 1, 3, seed=5), BagSampler(labels, 8, 1, 3, seed=5)
-    a.sample(7)
-    state = a.state_dict()
-    first = a.sample(5)
-    b.load_state_dict(state)
-    second = b.sample(5)
-    np.testing.assert_array_equal(first[0], second[0])
-    np.testing.assert_array_equal(first[1], second[1])
-    other = BagSampler(labels, 8, 1, 3, seed=6).sample(5)[0]
-    assert not np.array_equal(other, BagSampler(labels, 8, 1, 3, seed=5).sample(5)[0])
+    first, second = a.sample(7, 5), b.sample(7, 5)
+    np.testing.assert_array_equal(first.instances, second.instances)
+    np.testing.assert_array_equal(first.ucc, second.ucc)
+    assert not np.array_equal(a.sample(8, 5).instances, first.instances)
+    assert not np.array_equal(BagSampler(labels, 8, 1, 3, seed=6).sample(7, 5).instances, first.instances)
 
 
 def test_bag_sampler_validates() -> None:
-    with pytest.raises(ValueError, match="only 2 classes"):
+    with pytest.raises(ValueError, match=r"bags.ucc_max=3 but the training instances have only 2 classes"):
         BagSampler(np.array([0, 1, 0, 1]), 4, 1, 3)
+    with pytest.raises(ValueError, match=r"bags.instances_per_batch=1 is below the number of classes \(2\)"):
+        BagSampler(np.array([0, 1, 0, 1]), 4, 1, 2, instances_per_batch=1)
 
 
-def test_region_sampler_uses_the_regions() -> None:
+def test_region_sampler_uses_the_regions_and_counts_the_skipped() -> None:
     bag_index = np.array([0, 0, 0, 1, 1, 2, 2, 2, -1])
     bag_ucc = np.array([1, 2, 5])  # region 2 is outside [1, 4] and never used
     sampler = RegionBagSampler(bag_index, bag_ucc, bag_size=4, ucc_min=1, ucc_max=4, seed=0)
-    indices, ucc = sampler.sample(20)
-    for bag, u in zip(indices, ucc, strict=True):
-        region = 0 if u == 1 else 1
-        assert set(bag_index[bag]) == {region}
-    assert set(ucc) == {1, 2}
+    batch = sampler.sample(0, 20)
+    for bag, u in zip(_bags(batch), batch.ucc, strict=True):
+        assert set(bag_index[bag]) == {0 if u == 1 else 1}
+    assert set(batch.ucc) == {1, 2}
+    assert sampler.skipped == {"below ucc_min": 0, "above ucc_max": 1, "empty": 0}
 
 
-def test_region_bags_hold_every_member_of_small_regions() -> None:
-    bag_index = np.array([0, 0, 0, 1, 1, 1, 1, 1, 1])
+def test_region_sampler_refuses_a_range_no_region_is_in() -> None:
+    with pytest.raises(ValueError, match=r"\[bags.ucc_min, bags.ucc_max\] = \[3, 4\].*counts are \[1, 2\]"):
+        RegionBagSampler(np.array([0, 0, 1, 1]), np.array([1, 2]), bag_size=4, ucc_min=3, ucc_max=4)
+
+
+def test_region_bags_are_whole_regions_of_any_size() -> None:
+    """Count-only regions (no patch labels) are whole bags, padded and masked: 3 and 1 000 members."""
+    bag_index = np.concatenate([np.zeros(3, np.int64), np.ones(1000, np.int64)])
     sampler = RegionBagSampler(bag_index, np.array([3, 2]), bag_size=4, ucc_min=1, ucc_max=4, seed=1)
-    for bag, u in zip(*sampler.sample(30), strict=True):
-        if u == 3:
-            assert set(bag) == {0, 1, 2}  # a 3-patch region is always whole in a 4-instance bag
-        else:
-            assert len(set(bag)) == 4 and set(bag) <= {3, 4, 5, 6, 7, 8}
+    batch = sampler.sample(0, 6)
+    assert batch.members.shape == (6, 1000)
+    for bag, u in zip(_bags(batch), batch.ucc, strict=True):
+        assert sorted(bag) == (list(range(3)) if u == 3 else list(range(3, 1003)))
+
+
+def test_subset_of_a_labelled_region_has_its_own_count() -> None:
+    """A bag drawn from part of a larger region is labelled with the count of its own patches."""
+    rng = np.random.default_rng(0)
+    labels = np.concatenate([np.zeros(60, np.int64), np.ones(3, np.int64), np.full(3, 2)])  # mostly class 0
+    sampler = RegionBagSampler(np.zeros(66, np.int64), np.array([3]), bag_size=8, ucc_min=1, ucc_max=3,
+                               seed=int(rng.integers(100)), labels=labels)
+    counts = set()
+    for step in range(20):
+        batch = sampler.sample(step, 4)
+        for bag, u in zip(_bags(batch), batch.ucc, strict=True):
+            assert len(bag) == 8 and len(np.unique(labels[bag])) == u
+            counts.add(int(u))
+    assert 1 in counts  # subsets that miss the rare classes are labelled 1, not the region's 3
+
+
+def test_instances_per_batch_caps_region_steps() -> None:
+    bag_index = np.repeat(np.arange(10), 50)
+    sampler = RegionBagSampler(bag_index, np.ones(10, np.int64), bag_size=4, seed=0, instances_per_batch=120)
+    batch = sampler.sample(0, 8)
+    assert len(batch.ucc) == 2 and len(batch.instances) == 100
 
 
 def test_wheel_with_wrong_checksum_is_refused(tmp_path: Path, monkeypatch) -> None:

@@ -28,6 +28,45 @@ def test_kde_separates_tight_from_spread_bags() -> None:
     assert tight.argmax() == 5 and tight.max() > 2 * spread.max()
 
 
+def test_masked_kde_equals_the_unpadded_bag() -> None:
+    """A bag padded to the batch's largest size gives exactly the KDE of its real members."""
+    torch.manual_seed(0)
+    small, large = torch.rand(1, 7, 5), torch.rand(1, 1000, 5)
+    padded = torch.cat([torch.cat([small, torch.rand(1, 993, 5)], 1), large])
+    mask = torch.zeros(2, 1000, dtype=torch.bool)
+    mask[0, :7], mask[1] = True, True
+    kde = KDE(11, 0.1)
+    out = kde(padded, mask)
+    torch.testing.assert_close(out[0], kde(small)[0])
+    torch.testing.assert_close(out[1], kde(large)[0])
+
+
+def test_shared_instances_and_chunked_encoding_match_separate_bags() -> None:
+    """Bags indexing shared instances, encoded in checkpointed chunks, give the logits and gradients of the same
+    bags encoded whole (eval-mode batch norm, so chunks see the same statistics)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(widths=[4, 8, 16], num_features=6, mlp=[12], decoder=False)
+    model = create_model(cfg, num_ucc=3).eval()
+    x = torch.rand(12, 1, 28, 28)
+    members = torch.tensor([[0, 1, 2, 3], [2, 3, 4, 5], [6, 7, 8, 11]])
+    grads = []
+    for chunk in (0, 5):
+        model.zero_grad()
+        with torch.enable_grad():
+            model.train(False)
+            model.training = True  # checkpointing path, without batch-statistics differences
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d | torch.nn.BatchNorm1d):
+                    m.eval()
+            logits = model(x, members, chunk=chunk)["logits"]
+            logits.sum().backward()
+        grads.append((logits.detach(), model.head.weight.grad.clone()))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    separate = torch.cat([model(x[m], torch.arange(4)[None])["logits"] for m in members]).detach()
+    torch.testing.assert_close(grads[0][0], separate, rtol=1e-4, atol=1e-5)
+
+
 def test_kde_gradients_flow() -> None:
     features = torch.rand(2, 4, 3, requires_grad=True)
     KDE()(features)[:, 0].sum().backward()
@@ -38,9 +77,9 @@ def test_kde_gradients_flow() -> None:
 def test_ucc_model_shapes(backbone: str) -> None:
     cfg = ModelConfig(backbone=backbone, widths=[4, 8, 16], num_features=6, mlp=[12], decoder_widths=[8, 4])
     model = create_model(cfg, num_ucc=4).eval()
-    out = model(torch.rand(2, 5, 1, 28, 28))
+    out = model(torch.rand(10, 1, 28, 28), torch.arange(10).view(2, 5))
     assert out["logits"].shape == (2, 4)
-    assert out["features"].shape == (2, 5, 6)
+    assert out["features"].shape == (10, 6)
     assert out["features"].min() >= 0 and out["features"].max() <= 1
     assert out["recon"].shape == (10, 1, 28, 28)
 
@@ -48,7 +87,7 @@ def test_ucc_model_shapes(backbone: str) -> None:
 def test_timm_backbone_rgb() -> None:
     cfg = ModelConfig(backbone="resnet18", in_chans=3, input_size=32, num_features=8, decoder_widths=[16, 8])
     model = create_model(cfg, num_ucc=2).eval()
-    out = model(torch.rand(1, 3, 3, 32, 32))
+    out = model(torch.rand(3, 3, 32, 32), torch.arange(3).view(1, 3))
     assert out["logits"].shape == (1, 2) and out["recon"].shape == (3, 3, 32, 32)
 
 

@@ -1,102 +1,155 @@
-"""Bags with a known unique class count, drawn from any labelled pool of instances.
+"""Bags with a known unique class count (ucc), drawn from a labelled pool or given by the data as regions.
 
-Instance labels are used here only to *build* bags; the model never sees them as a training target.
+Instance labels are used here only to *build* bags and to count a bag's own classes; the model never sees them
+as a training target. A step's bags are a :class:`BagBatch`: the instances to encode once, and each bag as
+positions into them (bags may share instances, and bags of different sizes are padded and masked).
+
+Sampling is a pure function of ``(seed, step)``: step ``s`` always draws the same bags, so a resumed run, a
+DataLoader worker or another DDP rank (``seed`` offset by the rank) needs no sampler state.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import logging
+from dataclasses import dataclass
 
 import numpy as np
 
+__all__ = ["BagBatch", "BagSampler", "RegionBagSampler", "create_bag_sampler"]
 
-class _UccSampler:
-    """Shared machinery: a seeded generator and ucc values cycled in shuffled order (balanced batches)."""
+log = logging.getLogger(__name__)
 
-    def __init__(self, bag_size: int, ucc_min: int, ucc_max: int, seed: int, ucc_values: list[int]) -> None:
-        self.bag_size, self.ucc_min, self.ucc_max = bag_size, ucc_min, ucc_max
-        self._ucc_values = np.asarray(ucc_values)
-        self.rng = np.random.default_rng(seed)
-        self._ucc_queue: list[int] = []
+
+@dataclass
+class BagBatch:
+    """The bags of one step.
+
+    instances : (M,) int64, pool indices of the instances to encode (each once)
+    members : (B, N) int64, the members of each bag as positions into ``instances`` (padding: 0)
+    mask : (B, N) bool, True for real members (a bag of n < N members is padded with N - n False)
+    ucc : (B,) int64, unique class count of each bag
+    """
+
+    instances: np.ndarray
+    members: np.ndarray
+    mask: np.ndarray
+    ucc: np.ndarray
 
     @property
-    def num_ucc(self) -> int:
-        """Number of distinct ucc values (the classifier's output size)."""
-        return self.ucc_max - self.ucc_min + 1
-
-    def _next_ucc(self) -> int:
-        if not self._ucc_queue:
-            self._ucc_queue = list(self.rng.permutation(self._ucc_values))
-        return int(self._ucc_queue.pop())
-
-    def _draw(self, ucc: int) -> np.ndarray:
-        raise NotImplementedError
-
-    def sample(self, num_bags: int) -> tuple[np.ndarray, np.ndarray]:
-        """Return ``(indices (num_bags, bag_size) int64, ucc (num_bags,) int64)``."""
-        indices = np.empty((num_bags, self.bag_size), dtype=np.int64)
-        ucc = np.empty(num_bags, dtype=np.int64)
-        for b in range(num_bags):
-            ucc[b] = self._next_ucc()
-            indices[b] = self._draw(int(ucc[b]))
-        return indices, ucc
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"rng": self.rng.bit_generator.state, "queue": [int(u) for u in self._ucc_queue]}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.rng.bit_generator.state = state["rng"]
-        self._ucc_queue = list(state["queue"])
+    def sizes(self) -> np.ndarray:
+        """(B,) number of real members of each bag."""
+        return self.mask.sum(1)
 
 
-class BagSampler(_UccSampler):
-    """Draw bags of ``bag_size`` instance indices whose number of distinct classes lies in [ucc_min, ucc_max].
+def _pad(bags: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Whole bags of pool indices -> (instances, members, mask), every instance listed once per bag."""
+    n = max(len(b) for b in bags)
+    members = np.zeros((len(bags), n), np.int64)
+    mask = np.zeros((len(bags), n), bool)
+    offset = 0
+    for i, b in enumerate(bags):
+        members[i, : len(b)] = np.arange(offset, offset + len(b))
+        mask[i, : len(b)] = True
+        offset += len(b)
+    return np.concatenate(bags).astype(np.int64), members, mask
 
-    Each batch is balanced over the ucc values (they are cycled in a shuffled order), every chosen class is
-    present at least once, and the remaining slots are filled with instances of the chosen classes at random.
+
+def _balanced(rng: np.random.Generator, values: np.ndarray, num_bags: int) -> np.ndarray:
+    """``num_bags`` ucc values cycling through ``values`` (each equally often, ±1), in random order."""
+    return rng.permutation(np.resize(rng.permutation(values), num_bags))
+
+
+class BagSampler:
+    """Bags of ``bag_size`` instances whose ucc is drawn from [ucc_min, ucc_max], built from instance labels.
+
+    Each step's ucc values are balanced; every chosen class is present at least once and the other slots take
+    instances of the chosen classes at random.
+
+    With ``instances_per_batch`` (M), bags **share instances**: a step first draws M/C instances of each of the C
+    classes, encodes them once, and builds every bag from them, so a step can hold many more bags (labels) than
+    ``M / bag_size`` at the encoder cost of M instances. Without it each bag has instances of its own.
 
     Parameters
     ----------
     labels : (N,) int array
         Class of every instance in the pool (only used to build bags).
     bag_size, ucc_min, ucc_max : int
-        Bag shape and the range of unique class counts.
+        Instances per bag and the range of unique class counts.
     seed : int
-        Seed of the sampler's own generator; the same seed gives the same sequence of bags.
+        The same seed gives the same bags at every step.
+    instances_per_batch : int or None
+        Distinct instances per step when bags share them.
     """
 
-    def __init__(self, labels: np.ndarray, bag_size: int, ucc_min: int = 1, ucc_max: int = 4, seed: int = 0) -> None:
+    def __init__(self, labels: np.ndarray, bag_size: int, ucc_min: int = 1, ucc_max: int = 4, seed: int = 0,
+                 instances_per_batch: int | None = None) -> None:
         labels = np.asarray(labels)
         if labels.ndim != 1 or len(labels) == 0:
             raise ValueError("labels must be a non-empty 1-D array")
         self.classes, inverse = np.unique(labels, return_inverse=True)
         if ucc_max > len(self.classes):
-            raise ValueError(f"ucc_max={ucc_max} but the pool has only {len(self.classes)} classes")
+            raise ValueError(f"bags.ucc_max={ucc_max} but the training instances have only {len(self.classes)} "
+                             "classes")
         if not 1 <= ucc_min <= ucc_max <= bag_size:
-            raise ValueError(f"need 1 <= ucc_min <= ucc_max <= bag_size, got {ucc_min}, {ucc_max}, {bag_size}")
-        super().__init__(bag_size, ucc_min, ucc_max, seed, list(range(ucc_min, ucc_max + 1)))
+            raise ValueError(f"need 1 <= bags.ucc_min <= bags.ucc_max <= bags.bag_size, got {ucc_min}, {ucc_max}, "
+                             f"{bag_size}")
+        if instances_per_batch is not None and instances_per_batch < len(self.classes):
+            raise ValueError(f"bags.instances_per_batch={instances_per_batch} is below the number of classes "
+                             f"({len(self.classes)}): a step needs at least one instance of each")
+        self.bag_size, self.ucc_min, self.ucc_max, self.seed = bag_size, ucc_min, ucc_max, seed
+        self.instances_per_batch = instances_per_batch
         order = np.argsort(inverse, kind="stable")
-        counts = np.bincount(inverse, minlength=len(self.classes))
-        self._pools = np.split(order, np.cumsum(counts)[:-1])
+        self._pools = np.split(order, np.cumsum(np.bincount(inverse))[:-1])
 
-    def _draw(self, ucc: int) -> np.ndarray:
-        chosen = self.rng.choice(len(self.classes), size=ucc, replace=False)
-        # every chosen class once, the rest of the slots at random among them
-        slots = np.concatenate([np.arange(ucc), self.rng.integers(0, ucc, self.bag_size - ucc)])
+    @property
+    def num_ucc(self) -> int:
+        """Number of distinct ucc values (the classifier's output size)."""
+        return self.ucc_max - self.ucc_min + 1
+
+    def sample(self, step: int, num_bags: int) -> BagBatch:
+        """The ``num_bags`` bags of ``step`` (the same for the same seed and step)."""
+        rng = np.random.default_rng((self.seed, step))
+        ucc = _balanced(rng, np.arange(self.ucc_min, self.ucc_max + 1), num_bags)
+        if self.instances_per_batch is None:
+            bags = [self._own_bag(rng, int(u)) for u in ucc]
+            instances, members, mask = _pad(bags)
+            return BagBatch(instances, members, mask, ucc)
+        return self._shared(rng, ucc)
+
+    def _own_bag(self, rng: np.random.Generator, ucc: int) -> np.ndarray:
+        chosen = rng.choice(len(self.classes), size=ucc, replace=False)
+        slots = np.concatenate([np.arange(ucc), rng.integers(0, ucc, self.bag_size - ucc)])
         counts = np.bincount(slots, minlength=ucc)
-        parts = [
-            self.rng.choice(self._pools[c], size=n, replace=n > len(self._pools[c]))
-            for c, n in zip(chosen, counts, strict=True)
-        ]
-        return self.rng.permutation(np.concatenate(parts))
+        parts = [rng.choice(self._pools[c], size=n, replace=n > len(self._pools[c]))
+                 for c, n in zip(chosen, counts, strict=True)]
+        return rng.permutation(np.concatenate(parts))
+
+    def _shared(self, rng: np.random.Generator, ucc: np.ndarray) -> BagBatch:
+        c = len(self.classes)
+        per = max(1, self.instances_per_batch // c)
+        instances = np.concatenate([rng.choice(p, per, replace=len(p) < per) for p in self._pools])
+        b, n = len(ucc), self.bag_size
+        chosen = rng.random((b, c)).argsort(1)  # a random class order per bag; its first ucc classes are used
+        slot = np.arange(n)
+        slot = np.where(slot < ucc[:, None], slot, (rng.random((b, n)) * ucc[:, None]).astype(np.int64))
+        cls = np.take_along_axis(chosen, slot, 1)  # (B, N) class of every member
+        # the j-th member of class c in a bag takes the j-th instance of c in a random order (no repeats unless a
+        # bag needs more instances of one class than the step holds)
+        rank = np.cumsum(cls[:, :, None] == np.arange(c), 1)[np.arange(b)[:, None], np.arange(n), cls] - 1
+        order = rng.random((b, c, per)).argsort(2)
+        within = order[np.arange(b)[:, None], cls, rank % per]
+        return BagBatch(instances, cls * per + within, np.ones((b, n), bool), ucc)
 
 
-class RegionBagSampler(_UccSampler):
-    """Bags given by the data: each region (e.g. a window of a slide) is one bag with a known ucc.
+class RegionBagSampler:
+    """Bags given by the data: each region (a window or polygon of a slide) with a known ucc.
 
-    A bag is ``bag_size`` instances of one region: all of them, repeated to fill the bag, when the region has
-    at most ``bag_size`` (the count is then exact), else a random subset; regions are
-    drawn balanced over their ucc values. Regions whose ucc lies outside [ucc_min, ucc_max] are not used.
+    A region of at most ``bag_size`` instances is one whole bag, whatever its size (bags are padded and masked).
+    A larger region is, when the labels of all its instances are known (a mask or dense annotations), a random
+    subset of ``bag_size`` of them labelled with the count of its **own** classes; when only the region's count is
+    known, the whole region (the count of a subset could be lower). Regions are drawn balanced over their ucc
+    values; a step holds ``num_bags`` regions, or fewer when ``instances_per_batch`` would be exceeded (never
+    fewer than one). Regions whose ucc lies outside [ucc_min, ucc_max] are not used; ``skipped`` counts them.
 
     Parameters
     ----------
@@ -104,38 +157,78 @@ class RegionBagSampler(_UccSampler):
         Region of every instance (-1: in no region).
     bag_ucc : (R,) int array
         Unique class count of every region.
+    labels : (N,) int array or None
+        Instance classes (-1 unknown), used only to count the classes of a subset.
     """
 
     def __init__(self, bag_index: np.ndarray, bag_ucc: np.ndarray, bag_size: int, ucc_min: int = 1,
-                 ucc_max: int = 4, seed: int = 0) -> None:
+                 ucc_max: int = 4, seed: int = 0, labels: np.ndarray | None = None,
+                 instances_per_batch: int | None = None) -> None:
         bag_index, bag_ucc = np.asarray(bag_index), np.asarray(bag_ucc)
+        self.bag_size, self.ucc_min, self.ucc_max, self.seed = bag_size, ucc_min, ucc_max, seed
+        self.instances_per_batch = instances_per_batch
+        self.labels = None if labels is None else np.asarray(labels)
         order = np.argsort(bag_index, kind="stable")
         bounds = np.searchsorted(bag_index[order], np.arange(len(bag_ucc) + 1))
-        regions: dict[int, list[np.ndarray]] = {}
+        self._regions: dict[int, list[np.ndarray]] = {}
+        self.skipped = {"below ucc_min": 0, "above ucc_max": 0, "empty": 0}
         for r, u in enumerate(bag_ucc):
             members = order[bounds[r] : bounds[r + 1]]
-            if ucc_min <= u <= ucc_max and len(members):
-                regions.setdefault(int(u), []).append(members)
-        if not regions:
-            raise ValueError(f"no region has a ucc in [{ucc_min}, {ucc_max}]")
-        super().__init__(bag_size, ucc_min, ucc_max, seed, sorted(regions))
-        self._regions = regions
+            if not len(members):
+                self.skipped["empty"] += 1
+            elif u < ucc_min:
+                self.skipped["below ucc_min"] += 1
+            elif u > ucc_max:
+                self.skipped["above ucc_max"] += 1
+            else:
+                self._regions.setdefault(int(u), []).append(members)
+        if not self._regions:
+            found = sorted({int(u) for u in bag_ucc})
+            raise ValueError(f"no region has a ucc in [bags.ucc_min, bags.ucc_max] = [{ucc_min}, {ucc_max}] "
+                             f"(the regions' counts are {found})")
+        if any(self.skipped.values()):
+            log.info("regions not used as bags: %s", ", ".join(f"{n} {k}" for k, n in self.skipped.items() if n))
+        self._values = np.array(sorted(self._regions))
 
-    def _draw(self, ucc: int) -> np.ndarray:
-        regions = self._regions[ucc]
-        members = regions[self.rng.integers(len(regions))]
-        if len(members) > self.bag_size:  # a subset: its count may be below the region's
-            return self.rng.choice(members, self.bag_size, replace=False)
-        # every member at least once (the count stays exact), repeats fill the bag
-        extra = self.rng.choice(members, self.bag_size - len(members), replace=True)
-        return self.rng.permutation(np.concatenate([members, extra]))
+    @property
+    def num_ucc(self) -> int:
+        """Number of distinct ucc values (the classifier's output size)."""
+        return self.ucc_max - self.ucc_min + 1
+
+    @property
+    def num_regions(self) -> int:
+        return sum(len(r) for r in self._regions.values())
+
+    def sample(self, step: int, num_bags: int) -> BagBatch:
+        """Up to ``num_bags`` region bags of ``step`` (the same for the same seed and step)."""
+        rng = np.random.default_rng((self.seed, step))
+        bags, uccs, total = [], [], 0
+        for u in _balanced(rng, self._values, num_bags):
+            regions = self._regions[int(u)]
+            bag, ucc = self._bag(rng, regions[rng.integers(len(regions))], int(u))
+            if bags and self.instances_per_batch and total + len(bag) > self.instances_per_batch:
+                break
+            bags.append(bag)
+            uccs.append(ucc)
+            total += len(bag)
+        instances, members, mask = _pad(bags)
+        return BagBatch(instances, members, mask, np.array(uccs, np.int64))
+
+    def _bag(self, rng: np.random.Generator, members: np.ndarray, ucc: int) -> tuple[np.ndarray, int]:
+        if len(members) <= self.bag_size or self.labels is None or (self.labels[members] < 0).any():
+            return members, ucc
+        subset = rng.choice(members, self.bag_size, replace=False)
+        own = len(np.unique(self.labels[subset]))
+        return (subset, own) if own >= self.ucc_min else (members, ucc)
 
 
-def create_bag_sampler(pool, bag_size: int, ucc_min: int, ucc_max: int, seed: int):
+def create_bag_sampler(pool, bag_size: int, ucc_min: int, ucc_max: int, seed: int,
+                       instances_per_batch: int | None = None) -> BagSampler | RegionBagSampler:
     """Regions given by the data when the pool has them, else bags built from the instance labels."""
     if pool.bag_index is not None and pool.bag_ucc is not None:
-        return RegionBagSampler(pool.bag_index, pool.bag_ucc, bag_size, ucc_min, ucc_max, seed)
+        return RegionBagSampler(pool.bag_index, pool.bag_ucc, bag_size, ucc_min, ucc_max, seed, pool.labels,
+                                instances_per_batch)
     known = pool.labels >= 0
     if not known.all():
         raise ValueError("instances without labels and without regions cannot be put into bags")
-    return BagSampler(pool.labels, bag_size, ucc_min, ucc_max, seed)
+    return BagSampler(pool.labels, bag_size, ucc_min, ucc_max, seed, instances_per_batch)

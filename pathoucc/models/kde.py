@@ -9,7 +9,9 @@ from torch import nn
 class KDE(nn.Module):
     """Per-feature Gaussian KDE of a bag's features, sampled at ``num_bins`` points of [0, 1].
 
-    Input: features ``(B, N, J)`` in [0, 1] (B bags of N instances, J features).
+    Input: features ``(B, N, J)`` in [0, 1] (B bags of up to N instances, J features) and optionally ``mask``
+    ``(B, N)`` bool, True for a bag's real members: the density is the mean over those only, so a padded bag
+    gives exactly the density of its members.
     Output: ``(B, J * num_bins)``, each feature's density normalised to sum to 1 over its bins.
     """
 
@@ -20,9 +22,13 @@ class KDE(nn.Module):
         self.num_bins, self.sigma = num_bins, sigma
         self.register_buffer("bins", torch.linspace(0.0, 1.0, num_bins), persistent=False)
 
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        diff = features.unsqueeze(-1) - self.bins  # (B, N, J, K)
-        density = torch.exp(diff.square() * (-0.5 / self.sigma**2)).mean(dim=1)  # (B, J, K)
+    def forward(self, features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        kernel = torch.exp((features.unsqueeze(-1) - self.bins).square() * (-0.5 / self.sigma**2))  # (B, N, J, K)
+        if mask is None:
+            density = kernel.mean(dim=1)
+        else:
+            weight = mask.to(kernel.dtype)[:, :, None, None]
+            density = (kernel * weight).sum(1) / weight.sum(1).clamp_min(1.0)  # (B, J, K)
         density = density / density.sum(dim=-1, keepdim=True).clamp_min(1e-12)
         return density.flatten(1)
 

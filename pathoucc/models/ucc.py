@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from pathoucc.models.kde import KDE
 
@@ -51,13 +52,26 @@ class UCCModel(nn.Module):
         """Instances ``(M, C, H, W)`` -> features ``(M, J)`` in [0, 1]."""
         return torch.sigmoid(self.head_norm(self.head(self.encoder(x))))
 
-    def forward(self, bags: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Bags ``(B, N, C, H, W)`` -> ``logits (B, num_ucc)``, ``features (B, N, J)``, ``recon (B·N, C, H, W)``."""
-        b, n = bags.shape[:2]
-        flat = bags.flatten(0, 1)
-        features = self.extract_features(flat)
-        logits = self.classifier(self.kde(features.view(b, n, -1).float()))
-        out = {"logits": logits, "features": features.view(b, n, -1)}
+    def encode(self, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+        """:meth:`extract_features` ``chunk`` instances at a time (0: all at once). While training, each chunk's
+        activations are recomputed in the backward pass instead of kept (activation checkpointing), so a bag of
+        thousands of instances trains in the memory of one chunk. Batch-norm layers see chunks, not the whole
+        bag, and update their running statistics again when a chunk is recomputed."""
+        if not chunk or len(x) <= chunk:
+            return self.extract_features(x)
+        if not (torch.is_grad_enabled() and self.training):
+            return torch.cat([self.extract_features(part) for part in x.split(chunk)])
+        return torch.cat([checkpoint(self.extract_features, part, use_reentrant=False) for part in x.split(chunk)])
+
+    def forward(self, instances: torch.Tensor, members: torch.Tensor, mask: torch.Tensor | None = None,
+                chunk: int = 0) -> dict[str, torch.Tensor]:
+        """Instances ``(M, C, H, W)``, bags as ``members`` ``(B, N)`` positions into them, ``mask`` ``(B, N)``
+        (True = real member; None = all) -> ``logits (B, num_ucc)``, ``features (M, J)``, ``recon (M, C, H, W)``.
+
+        Bags may share instances: each instance is encoded once, however many bags it is in."""
+        features = self.encode(instances, chunk)
+        logits = self.classifier(self.kde(features.float()[members], mask))
+        out = {"logits": logits, "features": features}
         if self.decoder is not None:
             out["recon"] = self.decoder(features)
         return out
