@@ -15,14 +15,15 @@ from typing import Any
 
 import torch
 
-from pathoucc.config import Config, config_from_dict
+from pathoucc.config import Config, config_from_dict, load_config
 from pathoucc.errors import PathouccError
-from pathoucc.files import atomic_path, read_torch
+from pathoucc.files import read_torch, write_torch
 from pathoucc.models import UCCModel, create_model
 
 __all__ = [
-    "CHECKPOINT", "CONFIG", "CURVES", "LOG", "METRICS", "METRICS_LOG", "MODEL", "SNAPSHOTS", "kmeans_path",
-    "load_checkpoint", "load_run", "read_weights", "save_model", "save_weights", "snapshot_path",
+    "CHECKPOINT", "CONFIG", "CURVES", "LOG", "METRICS", "METRICS_LOG", "MODEL", "RESUMABLE", "SNAPSHOTS",
+    "check_resume_config", "config_diff", "kmeans_path", "load_checkpoint", "load_run", "read_weights", "save_model",
+    "save_weights", "snapshot_path",
 ]
 
 CONFIG = "config.yaml"
@@ -33,6 +34,11 @@ METRICS = "metrics.json"
 CURVES = "training_curves.png"
 LOG = "train.log"
 SNAPSHOTS = "snapshots"
+
+# What ``--resume`` may change: the step and time budget and how often things are logged or saved. Nothing here
+# changes the weights of a step; everything else must equal the run's config.
+RESUMABLE = ("train.steps", "train.max_minutes", "train.log_every", "train.val_every", "train.checkpoint_every",
+             "train.snapshot_every")
 
 
 def kmeans_path(run_dir: str | Path, k: int) -> Path:
@@ -46,9 +52,9 @@ def snapshot_path(run_dir: str | Path, step: int) -> Path:
 
 
 def save_weights(state: dict[str, Any], path: str | Path) -> None:
-    """Write a state dict (tensors, numbers, strings only) atomically with ``torch.save``."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write a state dict (tensors, numbers, strings only) atomically with ``torch.save`` (fsync'ed; a full disk
+    is a :class:`PathouccError` naming ``path``, and the previous file stays as it was)."""
+    write_torch(state, path)
 
 
 def read_weights(path: str | Path, what: str = "file") -> dict[str, Any]:
@@ -91,3 +97,44 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[C
     except Exception as exc:
         raise PathouccError(f"corrupt or incompatible model file ({type(exc).__name__})", path) from None
     return cfg, model.to(device).eval()
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def config_diff(run: Config, given: Config, ignore: tuple[str, ...] = RESUMABLE) -> list[str]:
+    """The keys in which ``given`` differs from ``run``, as ``"bags.bag_size: 4 (run) vs 32 (given)"`` (keys in
+    ``ignore`` left out), sorted by key."""
+    a, b = _flat(run.to_dict()), _flat(given.to_dict())
+
+    def show(d: dict[str, Any], k: str) -> str:
+        return json.dumps(d[k]) if k in d else "(unset)"
+
+    return [f"{k}: {show(a, k)} (run) vs {show(b, k)} (given)" for k in sorted(a.keys() | b.keys())
+            if k not in ignore and (k in a, a.get(k)) != (k in b, b.get(k))]
+
+
+def check_resume_config(run_dir: str | Path, state: dict[str, Any], cfg: Config) -> None:
+    """Refuse to resume with a config that differs from the run's (``config.yaml``, else the checkpoint's) in
+    anything but :data:`RESUMABLE`: one line naming every differing key with both values."""
+    run_dir = Path(run_dir)
+    path = run_dir / CONFIG
+    if path.is_file():
+        saved = load_config(path)
+    else:
+        path = run_dir / CHECKPOINT
+        try:
+            saved = config_from_dict(json.loads(state["config"]), str(path))
+        except (KeyError, TypeError, ValueError):
+            return  # a checkpoint without its config: nothing to compare with
+    diff = config_diff(saved, cfg)
+    if diff:
+        raise PathouccError(f"--resume with a config that differs from the run's: {'; '.join(diff)} (only "
+                            f"{', '.join(RESUMABLE)} may change; train with another --out instead)", path)

@@ -1,16 +1,33 @@
-"""Augmentations of training instances, built from the config's ``data.augment`` list."""
+"""Augmentations of training instances, built from the config's ``data.augment`` list.
+
+They are reproducible: the training loop calls :func:`reseed_augment` before every step with the run's seed and
+the step number, so a step's augmentations depend on nothing else and ``--resume`` continues exactly."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from pathoucc.errors import PathouccError
 
-__all__ = ["build_augment"]
+__all__ = ["build_augment", "reseed_augment", "step_seed"]
 
 
-def build_augment(specs: list[dict[str, Any]]):
-    """An albumentations ``Compose`` from ``[{"name": "HorizontalFlip", "p": 0.5}, …]`` (None if empty)."""
+def step_seed(seed: int, step: int) -> int:
+    """A 32-bit seed for ``step`` of a run seeded ``seed`` (independent streams per step)."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(step)]).generate_state(1)[0])
+
+
+def reseed_augment(augment, seed: int, step: int) -> None:
+    """Seed every transform of ``augment`` (a ``Compose``; None is a no-op) for ``step`` of a run seeded ``seed``."""
+    if augment is not None:
+        augment.set_random_seed(step_seed(seed, step))
+
+
+def build_augment(specs: list[dict[str, Any]], seed: int = 0):
+    """An albumentations ``Compose`` from ``[{"name": "HorizontalFlip", "p": 0.5}, …]`` (None if empty), seeded
+    with ``seed`` (see :func:`reseed_augment` for per-step seeds)."""
     if not specs:
         return None
     import albumentations as A  # heavy and only needed with augmentations: imported on use
@@ -26,4 +43,4 @@ def build_augment(specs: list[dict[str, Any]]):
             transforms.append(cls(**spec))
         except (TypeError, ValueError) as exc:
             raise PathouccError(f"data.augment: {name}: {exc}") from None
-    return A.Compose(transforms)
+    return A.Compose(transforms, seed=step_seed(seed, 0))
