@@ -95,6 +95,7 @@ def tile(
     """Cut slides into tissue patches (one HDF5 per slide), with patch labels and region counts if annotated."""
     from pathoucc.slides.cohort import parse_shard, read_slide_list, shard_slides
 
+    index, count = parse_shard(shard) if shard is not None else (1, 1)
     if slides and slide_list is not None:
         raise PathouccError("give slides or --slide-list, not both")
     slides = read_slide_list(slide_list) if slide_list is not None else list(slides or [])
@@ -102,7 +103,6 @@ def tile(
         raise PathouccError("no slides: give slide files or --slide-list FILE")
     everything = len(slides)
     if shard is not None:
-        index, count = parse_shard(shard)
         slides = shard_slides(slides, index, count)
         typer.echo(f"shard {index}/{count}: {len(slides)} of {everything} slides")
     given = [(k, v) for k, v in (("mask", mask), ("geojson", geojson), ("csv", regions_csv)) if v is not None]

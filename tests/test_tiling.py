@@ -160,7 +160,7 @@ def test_rerun_skips_done_slides_and_overwrite_rewrites(digit_slide, tmp_path):
     assert report.skipped == [path] and not report.written
     assert path.stat().st_mtime_ns == stamp - 10**9
     report = tile_slides([digit_slide["slide"]], tmp_path, patch_size=32, level=0)  # other inputs: re-tiled
-    assert report.written == [path] and report.retiled == [(path, "patch_size 64 -> 32")]
+    assert report.written == [path] and report.retiled == [(path, "patch_size 64 -> 32; stride 64 -> 32")]
     assert open_tiles(path).patch_size == 32
     report = tile_slides([digit_slide["slide"]], tmp_path, overwrite=True, **kwargs)
     assert report.written == [path] and path.stat().st_mtime_ns != stamp - 10**9

@@ -36,6 +36,7 @@ __all__ = ["RECIPE_VERSION", "changes", "input_record", "output_lock", "output_p
 RECIPE_VERSION = 1  # bump when tissue detection, the grid or the assignment of patches to bags changes
 EDGE_BYTES = 1 << 20  # a slide's digest covers its first and last MiB (the whole file if smaller)
 _NOT_TILES = {"workers", "overwrite"}  # options that do not change what is written
+_RESOLUTION = {"stride", "level", "magnification", "mpp", "downsample"}  # recorded as chosen, not as asked
 _ANNOTATION_OPTIONS = {"region_size", "classes", "zero_is_background", "min_label_coverage"}
 
 
@@ -45,14 +46,17 @@ def output_paths(slide_path: str | Path, out_dir: str | Path) -> tuple[Path, Pat
     return Path(out_dir) / f"{stem}.h5", Path(out_dir) / f"{stem}_tissue.png"
 
 
-def input_record(slide_path: Path, annotations: Path | None, kind: str | None, options: TileOptions) -> dict:
-    """What makes a slide's tiles: the slide and annotation files (with digests) and the options."""
-    exclude = _NOT_TILES | (_ANNOTATION_OPTIONS if annotations is None else set())
+def input_record(slide_path: Path, annotations: Path | None, kind: str | None, options: TileOptions,
+                 level: int, downsample: float) -> dict:
+    """What makes a slide's tiles: the slide and annotation files (with digests), the options, and the
+    resolution they chose (``level``, ``downsample``: ``--mpp 0.5`` and ``--level 1`` may be the same tiles)."""
+    exclude = _NOT_TILES | _RESOLUTION | (_ANNOTATION_OPTIONS if annotations is None else set())
+    chosen = {"stride": options.step, "level": int(level), "downsample": round(float(downsample), 6)}
     return {
         "recipe_version": RECIPE_VERSION,
         "slide": _file_record(slide_path, edges_only=True),
         "annotations": None if annotations is None else {**_file_record(annotations), "kind": kind},
-        "options": options.model_dump(mode="json", exclude=exclude),
+        "options": {**options.model_dump(mode="json", exclude=exclude), **chosen},
     }
 
 
@@ -85,7 +89,10 @@ def changes(old: dict | None, new: dict) -> list[str]:
     elif ann_new is not None and (ann_old.get("sha256"), ann_old.get("kind")) != (ann_new["sha256"], ann_new["kind"]):
         out.append(f"the annotation file changed ({Path(ann_new['path']).name})")
     opts_old, opts_new = old.get("options") or {}, new["options"]
-    for key in sorted(set(opts_old) | set(opts_new)):
+    keys = set(opts_old) | set(opts_new)
+    if (ann_old is None) != (ann_new is None):  # the annotation options come and go with the annotations
+        keys = set(opts_old) & set(opts_new)
+    for key in sorted(keys):
         if opts_old.get(key) != opts_new.get(key):
             out.append(f"{key} {_show(opts_old.get(key))} -> {_show(opts_new.get(key))}")
     return out

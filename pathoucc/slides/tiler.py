@@ -136,7 +136,7 @@ def _tile(slide_path: str | Path, out_dir: str | Path, o: TileOptions, annotatio
                                 downsample=o.downsample)
             if annotations is not None and not annotations.is_file():
                 raise PathouccError("annotation file not found", annotations)
-            record = input_record(slide_path, annotations, kind, o)
+            record = input_record(slide_path, annotations, kind, o, choice.level, choice.downsample)
             stale = _stale(h5_path, record) if h5_path.exists() else None
             if stale == "" and not o.overwrite:
                 return _Outcome(h5_path, False, orphans=orphans)
