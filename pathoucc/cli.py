@@ -171,18 +171,20 @@ def cluster(
 @app.command()
 def segment(
     run: RunFolder,
-    tiles: Annotated[list[Path], typer.Argument(help="Tile files (.h5) written by `pathoucc tile`")],
+    tiles: Annotated[list[Path], typer.Argument(help="Tile files (.h5) of `pathoucc tile`, CLAM or TRIDENT")],
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default <run>/segments)")] = None,
     k: Clusters = None,
     mask: Annotated[Path | None, typer.Option(help="Label mask to score against (or a folder of masks)")] = None,
     batch_size: BatchSize = None,
     device: Device = "auto",
+    slides: Annotated[Path | None, typer.Option(
+        help="Slides folder of CLAM/TRIDENT coordinate files (default: data.slide_dir, else beside each)")] = None,
 ) -> None:
     """Cluster every patch of each slide with the run's shared k-means: maps, overlays, CSV/HDF5, GeoJSON, scores."""
     from pathoucc.segment import segment_run
 
     o = validate_options(SegmentOptions, dict(k=k, mask=mask, batch_size=batch_size, device=device))
-    report = segment_run(run, tiles, out=out, options=o, progress=sys.stderr.isatty())
+    report = segment_run(run, tiles, out=out, options=o, progress=sys.stderr.isatty(), slide_dir=slides)
     if report.fitted:
         typer.echo(f"fitted k-means (k={report.kmeans.k}) on the run's training data -> {report.kmeans_path}")
     for seg in report.slides:

@@ -21,7 +21,9 @@ class DataConfig(_Section):
     """Where instances come from. ``mnist`` fetches MNIST into ``root``; ``idx`` reads the IDX files in the
     folder ``root``; ``tiles`` reads HDF5 tile files written by ``pathoucc tile``. ``val_fraction`` is the share
     of training instances (idx) or regions (tiles) held out for validation (MNIST keeps its standard last
-    10 000). ``augment`` lists albumentations transforms, e.g. ``[{name: HorizontalFlip, p: 0.5}]``."""
+    10 000). ``augment`` lists albumentations transforms, e.g. ``[{name: HorizontalFlip, p: 0.5}]``.
+    ``slide_dir`` is the folder of the slides that CLAM/TRIDENT coordinate files among the tiles refer to
+    (default: next to each coordinate file or up to two folders up)."""
 
     source: Literal["mnist", "idx", "tiles"] = "mnist"
     root: str = "data"
@@ -29,6 +31,7 @@ class DataConfig(_Section):
     test_tiles: list[str] = Field(default_factory=list)
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     augment: list[dict[str, Any]] = Field(default_factory=list)
+    slide_dir: str | None = None
 
 
 class BagsConfig(_Section):

@@ -114,7 +114,7 @@ def default_k(cfg: Config, tile_paths: list[str | Path] | None = None) -> int:
         classes: set[int] = set()
         named = 0
         for path in tile_paths or cfg.data.train_tiles:
-            with open_tiles(path) as tiles:
+            with open_tiles(path, cfg.data.slide_dir) as tiles:
                 if tiles.labels is not None:
                     classes |= set(np.unique(tiles.labels[tiles.labels >= 0]).tolist())
                 named = max(named, len(tiles.class_names or []))
@@ -158,7 +158,7 @@ def fit_cluster_model(model: torch.nn.Module, cfg: Config, k: int, tile_paths: l
 def _tile_features(model: torch.nn.Module, cfg: Config, paths: list[Path], batch_size: int,
                    device: torch.device | str, progress: bool,
                    max_patches: int) -> np.ndarray:
-    files = [open_tiles(p) for p in paths]
+    files = [open_tiles(p, cfg.data.slide_dir) for p in paths]
     try:
         for tiles in files:
             check_tiles_fit_model(tiles, cfg)

@@ -12,6 +12,7 @@ from pathoucc.data.idx import read_idx_folder
 from pathoucc.data.mnist import load_mnist
 from pathoucc.data.pool import InstancePool
 from pathoucc.errors import PathouccError
+from pathoucc.slides.coords import CoordsFile
 from pathoucc.slides.tilefile import TileFile, open_tiles
 
 
@@ -42,18 +43,21 @@ def _read_all(tiles: TileFile, chunk: int = 4096) -> np.ndarray:
     return np.concatenate([tiles.read_patches(slice(i, i + chunk)) for i in range(0, tiles.num_patches, chunk)])
 
 
-def pool_from_tiles(paths: list[str], need_regions: bool) -> InstancePool:
-    """Concatenate the patches of ``paths`` into one pool; region indices are renumbered across files."""
+def pool_from_tiles(paths: list[str], need_regions: bool, slide_dir: str | None = None) -> InstancePool:
+    """Concatenate the patches of ``paths`` into one pool; region indices are renumbered across files.
+    ``slide_dir`` holds the slides of CLAM/TRIDENT coordinate files among ``paths``."""
     images, labels, region, ucc = [], [], [], []
     size = None
     for path in paths:
-        with open_tiles(path) as tiles:
+        with open_tiles(path, slide_dir) as tiles:
             if size is not None and tiles.patch_size != size:
                 raise PathouccError(f"patch size {tiles.patch_size} differs from the other tile files ({size})", path)
             size = tiles.patch_size
             if need_regions and (tiles.region is None or tiles.region_ucc is None):
                 raise PathouccError("tile file has no regions (bags) with counts: tile it with --mask, --geojson "
-                                    "or --regions-csv", path)
+                                    "or --regions-csv" + (" (a CLAM/TRIDENT coordinate file has none: it serves "
+                                                          "segment, cluster and test_tiles)"
+                                                          if isinstance(tiles, CoordsFile) else ""), path)
             images.append(_read_all(tiles))
             n = tiles.num_patches
             labels.append(tiles.labels if tiles.labels is not None else np.full(n, -1, np.int64))
@@ -87,12 +91,12 @@ def load_tile_pools(cfg: DataConfig, splits: tuple[str, ...]) -> dict[str, Insta
     if {"train", "val"} & set(splits):
         if not cfg.train_tiles:
             raise PathouccError("data.train_tiles is empty: list the tile files (.h5) to train on")
-        pool = pool_from_tiles(cfg.train_tiles, need_regions=True)
+        pool = pool_from_tiles(cfg.train_tiles, need_regions=True, slide_dir=cfg.slide_dir)
         assert pool.bag_ucc is not None
         order = np.random.default_rng(0).permutation(len(pool.bag_ucc))
         n_val = round(len(order) * cfg.val_fraction)
         out["train"] = _subset_regions(pool, np.sort(order[n_val:]))
         out["val"] = _subset_regions(pool, np.sort(order[:n_val]))
     if "test" in splits:
-        out["test"] = pool_from_tiles(cfg.test_tiles or cfg.train_tiles, need_regions=False)
+        out["test"] = pool_from_tiles(cfg.test_tiles or cfg.train_tiles, need_regions=False, slide_dir=cfg.slide_dir)
     return {s: out[s] for s in splits}

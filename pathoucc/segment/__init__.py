@@ -58,14 +58,17 @@ def _mask_for(mask: Path | None, tiles_path: Path, many: bool) -> Path | None:
 
 
 def segment_run(run_dir: str | Path, tile_paths: list[str | Path], out: str | Path | None = None,
-                options: SegmentOptions | None = None, progress: bool = False) -> SegmentReport:
+                options: SegmentOptions | None = None, progress: bool = False,
+                slide_dir: str | Path | None = None) -> SegmentReport:
     """Segment every tile file with a trained run; outputs go to ``<out>/<slide stem>/`` (default
-    ``<run>/segments``). The run's ``kmeans-k{k}.npz`` is fitted on its training data first if absent."""
+    ``<run>/segments``). The run's ``kmeans-k{k}.npz`` is fitted on its training data first if absent.
+    ``slide_dir`` (default: the run's ``data.slide_dir``) holds the slides of CLAM/TRIDENT coordinate files."""
     o = options or SegmentOptions()
     run_dir = Path(run_dir)
     dev = select_device(o.device)
     cfg, model = load_run(run_dir, dev)
     out = Path(out) if out is not None else run_dir / "segments"
+    slide_dir = slide_dir if slide_dir is not None else cfg.data.slide_dir
     paths = [Path(p) for p in tile_paths]
     if not paths:
         raise PathouccError("no tile files given")
@@ -74,7 +77,7 @@ def segment_run(run_dir: str | Path, tile_paths: list[str | Path], out: str | Pa
         if path.stem in seen:
             raise PathouccError(f"has the same name as {seen[path.stem]}; outputs would collide", path)
         seen[path.stem] = path
-        with open_tiles(path) as tiles:
+        with open_tiles(path, slide_dir) as tiles:
             check_tiles_fit_model(tiles, cfg)
     mask = o.mask
     if mask is not None and not mask.exists():
@@ -86,7 +89,7 @@ def segment_run(run_dir: str | Path, tile_paths: list[str | Path], out: str | Pa
     colors = cluster_colors(cm.k)
     report = SegmentReport(cm, km_path, fitted)
     for path, slide_mask in zip(paths, masks, strict=True):
-        with open_tiles(path) as tiles:
+        with open_tiles(path, slide_dir) as tiles:
             seg = segment_tiles(model, cm, tiles, batch_size, dev, progress)
             seg.scores = score_segmentation(seg, tiles, slide_mask)
             folder = write_segmentation(seg, tiles, out, colors, {"run": str(run_dir.resolve()),

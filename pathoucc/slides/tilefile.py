@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 
 from pathoucc.errors import PathouccError
+from pathoucc.slides.coords import CoordsFile, coords_layout, read_coords_file
 
 __all__ = ["FORMAT_VERSION", "TileFile", "open_tiles"]
 
@@ -94,8 +95,12 @@ class TileFile:
         return state
 
 
-def open_tiles(path: str | Path) -> TileFile:
-    """Open and validate a tiles file; :class:`PathouccError` names the file and what is wrong or missing."""
+def open_tiles(path: str | Path, slide: str | Path | None = None) -> TileFile | CoordsFile:
+    """Open and validate a tiles file; :class:`PathouccError` names the file and what is wrong or missing.
+
+    A coords-only file written by CLAM or TRIDENT opens as a :class:`~pathoucc.slides.coords.CoordsFile` (same
+    reading interface, pixels read from its slide): ``slide`` is that slide or a folder holding it (default: by
+    the file's ``name`` attribute, next to the file or up to two folders up)."""
     path = Path(path)
     if not path.is_file():
         raise PathouccError("tiles file not found", path)
@@ -104,6 +109,9 @@ def open_tiles(path: str | Path) -> TileFile:
     except OSError:
         raise PathouccError("not an HDF5 file (or it is truncated)", path) from None
     with f:
+        layout = coords_layout(f)
+        if layout is not None:
+            return read_coords_file(f, path, layout, slide)
         return _read_meta(f, path)
 
 
