@@ -35,8 +35,9 @@ CURVES = "training_curves.png"
 LOG = "train.log"
 SNAPSHOTS = "snapshots"
 
-# What ``--resume`` may change: the step and time budget and how often things are logged or saved. Nothing here
-# changes the weights of a step; everything else must equal the run's config.
+# What ``--resume`` may change: the step and time budget (which set where the learning-rate schedule ends) and how
+# often things are logged or saved. Everything else must equal the run's config, or its model would no longer be
+# what its config.yaml says.
 RESUMABLE = ("train.steps", "train.max_minutes", "train.log_every", "train.val_every", "train.checkpoint_every",
              "train.snapshot_every")
 
