@@ -8,10 +8,12 @@ Layout (``format_version`` 1)::
     /region            (N,) int64     region (bag) index of each patch, -1 none    [with annotations]
     /regions/boxes     (R, 4) int64   level-0 (x, y, w, h) of each region          [with annotations]
     /regions/ucc       (R,) int64     unique class count of each region            [with annotations]
+    /regions/feature   (R,) int64     GeoJSON feature index of each region         [count-only regions]
 
 Attributes on the root and on ``coords``: ``patch_size``, ``patch_level``, ``downsample``, ``stride``,
 ``level_dimensions``; on the root only: ``slide_path``, ``slide_dimensions``, ``mpp``, ``format_version``,
-``tissue_threshold`` and ``class_names`` (JSON list, with annotations).
+``tissue_threshold``, ``inputs`` (JSON: what made the file, :mod:`.outputs`) and ``class_names`` (JSON list,
+with annotations).
 """
 
 from __future__ import annotations
