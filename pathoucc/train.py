@@ -53,14 +53,18 @@ def _cosine(start: float, end: float, progress: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, max(0.0, progress))))
 
 
-def lr_factor(cfg: Config, step: int) -> float:
-    """Learning-rate multiplier at ``step``.
+def lr_factor(cfg: Config, step: int, elapsed_s: float = 0.0) -> float:
+    """Learning-rate multiplier at ``step`` after ``elapsed_s`` training seconds.
 
     ``constant`` and ``cosine`` (to zero) follow a linear warm-up of ``warmup_steps``; ``onecycle`` is torch's
     one-cycle policy: a cosine rise from lr/25 to lr over ``warmup_steps`` (default 30 % of the steps), then a
-    cosine fall to lr/25e4 at the last step.
+    cosine fall to lr/25e4 at the last step. With a time budget (``max_minutes``) the schedule follows whichever
+    runs out first, the steps or the minutes, so a budgeted run still anneals (its learning rates then depend on
+    the machine's speed).
     """
     t = cfg.train
+    if t.max_minutes:
+        step = max(step, math.floor(t.steps * elapsed_s / (t.max_minutes * 60)))
     if t.schedule == "onecycle":
         up = t.warmup_steps or max(1, round(ONECYCLE_WARMUP * t.steps))
         if step < up:
@@ -168,7 +172,7 @@ class Trainer:
         batch = self.sampler.sample(self.step, self.cfg.bags.bags_per_batch)
         x, members, mask, target = self._tensors(self.train_pool, batch, self.augment)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.train.lr * lr_factor(self.cfg, self.step)
+            group["lr"] = self.cfg.train.lr * lr_factor(self.cfg, self.step, self.elapsed)
         with autocast(self.device, self.amp_dtype):
             terms = ucc_loss_terms(self.model, x, members, mask, target, self.cfg)
         self.optimizer.zero_grad(set_to_none=True)

@@ -143,3 +143,12 @@ def test_onecycle_warms_up_then_anneals(tiny_config: dict) -> None:
     tiny_config["train"]["schedule"] = "cosine"  # unchanged: linear warm-up, cosine to zero
     cosine = config_from_dict(tiny_config)
     assert lr_factor(cosine, 0) == pytest.approx(0.1) and lr_factor(cosine, 100) == pytest.approx(0.0)
+
+
+def test_time_budget_drives_the_schedule(tiny_config) -> None:
+    """Under max_minutes the cosine schedule reaches zero when the budget runs out, whatever the step count."""
+    cfg = config_from_dict(tiny_config | {"train": tiny_config["train"] | {
+        "steps": 1000, "max_minutes": 1.0, "schedule": "cosine"}})
+    assert lr_factor(cfg, 10, elapsed_s=0.0) == pytest.approx(lr_factor(cfg, 10))
+    assert lr_factor(cfg, 10, elapsed_s=30.0) == pytest.approx(0.5)
+    assert lr_factor(cfg, 10, elapsed_s=60.0) == pytest.approx(0.0)

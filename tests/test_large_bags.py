@@ -1,0 +1,66 @@
+"""Large and variable-size bags in training: shared instances, whole regions larger than bag_size, chunking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pathoucc.config import config_from_dict
+from pathoucc.data.pool import InstancePool
+from pathoucc.errors import PathouccError
+from pathoucc.train import Trainer
+
+
+def _region_pools(digits, sizes: list[int]) -> dict[str, InstancePool]:
+    """One count-only region per size (no patch labels), each of 1-3 digit classes."""
+    images, labels = digits
+    rng = np.random.default_rng(0)
+    picked, region, ucc = [], [], []
+    for r, n in enumerate(sizes):
+        classes = rng.choice(10, 1 + r % 3, replace=False)
+        pool = np.flatnonzero(np.isin(labels, classes))
+        members = np.concatenate([np.flatnonzero(labels == c)[:1] for c in classes])  # every class present
+        picked.append(np.concatenate([members, rng.choice(pool, n - len(members))]))
+        region.append(np.full(n, r))
+        ucc.append(len(classes))
+    index = np.concatenate(picked)
+    pool = InstancePool(images[index], np.full(len(index), -1), np.concatenate(region), np.array(ucc))
+    return {"train": pool, "val": None}
+
+
+def test_whole_region_larger_than_bag_size_trains(tiny_config, digits, tmp_path: Path) -> None:
+    """Count-only regions of 7 and 1 000 instances are each one whole bag (bag_size is 8), encoded in chunks."""
+    cfg = config_from_dict(tiny_config | {"train": tiny_config["train"] | {"encoder_chunk": 128, "steps": 2},
+                                          "bags": tiny_config["bags"] | {"bags_per_batch": 2}})
+    trainer = Trainer(cfg, tmp_path, _region_pools(digits, [7, 1000, 300]))
+    batch = trainer.sampler.sample(0, 2)
+    assert sorted(batch.sizes.tolist())[-1] >= 300 and batch.members.shape[1] >= 300
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    terms = trainer.train_step()
+    assert np.isfinite(terms["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+
+
+def test_shared_instance_bags_train(tiny_config, tmp_path: Path) -> None:
+    """bags.instances_per_batch: 16 bags of 8 from 40 shared instances per step."""
+    from pathoucc.data.sources import load_pools
+
+    cfg = config_from_dict(tiny_config | {"bags": tiny_config["bags"] | {"bags_per_batch": 16,
+                                                                          "instances_per_batch": 40}})
+    trainer = Trainer(cfg, tmp_path, load_pools(cfg.data, ("train", "val")))
+    batch = trainer.sampler.sample(0, 16)
+    assert len(batch.instances) == 40 and batch.members.shape == (16, 8)
+    assert np.isfinite(trainer.train_step()["loss"])
+
+
+def test_ucc_range_wider_than_the_classes_is_a_config_error(tiny_config, tmp_path: Path) -> None:
+    from pathoucc.data.sources import load_pools
+
+    cfg = config_from_dict(tiny_config | {"bags": tiny_config["bags"] | {"ucc_max": 8, "bag_size": 16}})
+    pools = load_pools(cfg.data, ("train", "val"))
+    pools["train"] = InstancePool(pools["train"].images[:300], pools["train"].labels[:300] % 5)
+    with pytest.raises(PathouccError, match=r"bags.ucc_max=8 but the training instances have only 5 classes"):
+        Trainer(cfg, tmp_path, pools)
