@@ -29,6 +29,8 @@ Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a c
 Clusters = Annotated[int | None, typer.Option("--k", help="Clusters (default: eval.k or the training classes)")]
 BatchSize = Annotated[int | None, typer.Option(help="Patches per forward pass")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
+Amp = Annotated[bool | None, typer.Option("--amp/--fp32", help="Mixed-precision features (bf16 where the hardware "
+                                          "has it) or fp32 (default: the run's eval.amp)")]
 
 
 @app.callback()
@@ -44,12 +46,15 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last checkpoint")] = False,
 ) -> None:
     """Train a UCC model on bags, then evaluate its clustering."""
+    from pathoucc.distributed import is_main_process
     from pathoucc.evaluate import evaluate_run
     from pathoucc.runtime import select_device
     from pathoucc.train import train_run
 
     cfg = load_config(config, set_ or [])
     run = train_run(cfg, out or Path("runs") / config.stem, resume=resume, progress=sys.stderr.isatty())
+    if not is_main_process():  # under torchrun only rank 0 scores the run
+        return
     result = evaluate_run(run, device=select_device(cfg.train.device))
     print_scores({f"{cfg.name} ({result['split']})": result})
 
@@ -158,13 +163,14 @@ def cluster(
     tiles: Annotated[list[Path] | None, typer.Option("--tiles", help="Fit on these tile files instead")] = None,
     batch_size: BatchSize = None,
     device: Device = "auto",
+    amp: Amp = None,
 ) -> None:
     """Fit the run's shared k-means on its training data: <run>/kmeans-k<K>.npz, used by `pathoucc segment`."""
     from pathoucc.kmeans import cluster_run
 
-    o = validate_options(SegmentOptions, dict(k=k, batch_size=batch_size, device=device))
+    o = validate_options(SegmentOptions, dict(k=k, batch_size=batch_size, device=device, amp=amp))
     cm, path = cluster_run(run, k=o.k, tile_paths=tiles or None, batch_size=o.batch_size, device=o.device,
-                           progress=sys.stderr.isatty())
+                           progress=sys.stderr.isatty(), amp=o.amp)
     typer.echo(f"k-means with k={cm.k} on {cm.num_features} features -> {path}")
 
 
@@ -179,11 +185,12 @@ def segment(
     device: Device = "auto",
     slides: Annotated[Path | None, typer.Option(
         help="Slides folder of CLAM/TRIDENT coordinate files (default: data.slide_dir, else beside each)")] = None,
+    amp: Amp = None,
 ) -> None:
     """Cluster every patch of each slide with the run's shared k-means: maps, overlays, CSV/HDF5, GeoJSON, scores."""
     from pathoucc.segment import segment_run
 
-    o = validate_options(SegmentOptions, dict(k=k, mask=mask, batch_size=batch_size, device=device))
+    o = validate_options(SegmentOptions, dict(k=k, mask=mask, batch_size=batch_size, device=device, amp=amp))
     report = segment_run(run, tiles, out=out, options=o, progress=sys.stderr.isatty(), slide_dir=slides)
     if report.fitted:
         typer.echo(f"fitted k-means (k={report.kmeans.k}) on the run's training data -> {report.kmeans_path}")

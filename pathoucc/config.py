@@ -23,7 +23,10 @@ class DataConfig(_Section):
     of training instances (idx) or regions (tiles) held out for validation (MNIST keeps its standard last
     10 000). ``augment`` lists albumentations transforms, e.g. ``[{name: HorizontalFlip, p: 0.5}]``.
     ``slide_dir`` is the folder of the slides that CLAM/TRIDENT coordinate files among the tiles refer to
-    (default: next to each coordinate file or up to two folders up)."""
+    (default: next to each coordinate file or up to two folders up). ``streaming`` (tiles only): read each step's
+    patches from the files on demand instead of loading every patch into memory (the same bags and numbers
+    either way). ``num_workers``: DataLoader processes preparing steps ahead of training (reading, augmenting;
+    0 = in the training process; 4-8 feed a GPU)."""
 
     source: Literal["mnist", "idx", "tiles"] = "mnist"
     root: str = "data"
@@ -32,6 +35,8 @@ class DataConfig(_Section):
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     augment: list[dict[str, Any]] = Field(default_factory=list)
     slide_dir: str | None = None
+    streaming: bool = True
+    num_workers: int = Field(0, ge=0)
 
 
 class BagsConfig(_Section):
@@ -106,10 +111,14 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
+    """Scoring and feature extraction (evaluate, cluster, segment). ``amp``: extract features in mixed precision
+    where the hardware has it (bf16 on CPUs with AVX512-BF16/AMX and on bf16 GPUs, fp16 on other GPUs)."""
+
     k: int | None = Field(None, ge=2)
     split: Literal["test", "val"] = "test"
     n_init: int = Field(10, ge=1)
     batch_size: int = Field(1024, ge=1)
+    amp: bool = True
 
 
 class Config(_Section):
@@ -158,12 +167,14 @@ class TileOptions(_Section):
 class SegmentOptions(_Section):
     """How ``pathoucc segment`` clusters slides: ``k`` clusters (default: ``eval.k`` or the training classes),
     ``batch_size`` patches per forward pass (default: from ``eval.batch_size``), the ``device``, and a label
-    ``mask`` (or folder of masks) to score against."""
+    ``mask`` (or folder of masks) to score against; ``amp``: mixed-precision features (default: the run's
+    ``eval.amp``)."""
 
     k: int | None = Field(None, ge=2)
     batch_size: int | None = Field(None, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     mask: Path | None = None
+    amp: bool | None = None
 
 
 def validate_options(cls: type[_Section], values: dict[str, Any]) -> Any:

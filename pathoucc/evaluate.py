@@ -13,8 +13,9 @@ import torch
 from pathoucc.config import Config
 from pathoucc.data.pool import InstancePool
 from pathoucc.data.sources import load_pools
+from pathoucc.data.stream import StreamingPool
 from pathoucc.errors import PathouccError
-from pathoucc.features import extract_features
+from pathoucc.features import extract_features, inference_dtype
 from pathoucc.files import write_json
 from pathoucc.kmeans import fit_kmeans
 from pathoucc.metrics import clustering_scores
@@ -24,9 +25,10 @@ from pathoucc.run import METRICS, SNAPSHOTS, load_run, read_weights
 __all__ = ["cluster_and_score", "cluster_pool", "evaluate_raw_pixels", "evaluate_run", "evaluate_snapshots"]
 
 
-def cluster_pool(model: UCCModel, pool: InstancePool, cfg: Config, device: torch.device | str = "cpu") -> dict:
+def cluster_pool(model: UCCModel, pool: InstancePool | StreamingPool, cfg: Config,
+                 device: torch.device | str = "cpu") -> dict:
     """k-means (k = ``eval.k`` or the number of classes) on the pool's features, scored against its labels."""
-    features = extract_features(model, pool, cfg.eval.batch_size, device)
+    features = extract_features(model, pool, cfg.eval.batch_size, device, dtype=inference_dtype(cfg, device))
     return cluster_and_score(features, pool.labels, cfg.eval.k, cfg.seed, cfg.eval.n_init)
 
 
@@ -76,7 +78,7 @@ def evaluate_snapshots(run_dir: str | Path, split: str = "test", device: torch.d
 def evaluate_raw_pixels(cfg: Config, split: str = "test") -> dict[str, Any]:
     """The baseline: k-means directly on the pixels of the ``split`` instances."""
     pool = load_pools(cfg.data, (split,))[split]
-    features = pool.images.reshape(len(pool), -1).astype(np.float32) / 255.0
+    features = pool.read(np.arange(len(pool))).reshape(len(pool), -1).astype(np.float32) / 255.0
     result = {"method": "kmeans-raw-pixels", "split": split} | cluster_and_score(
         features, pool.labels, cfg.eval.k, cfg.seed, cfg.eval.n_init)
     return result

@@ -19,7 +19,13 @@ from sklearn.cluster import KMeans
 from pathoucc.config import Config
 from pathoucc.data.sources import load_pools
 from pathoucc.errors import PathouccError
-from pathoucc.features import check_tiles_fit_model, default_batch_size, extract_features, iter_features
+from pathoucc.features import (
+    check_tiles_fit_model,
+    default_batch_size,
+    extract_features,
+    inference_dtype,
+    iter_features,
+)
 from pathoucc.files import atomic_path
 from pathoucc.run import kmeans_path, load_run
 from pathoucc.runtime import progress_bar, select_device
@@ -129,24 +135,26 @@ def default_k(cfg: Config, tile_paths: list[str | Path] | None = None) -> int:
 
 def fit_cluster_model(model: torch.nn.Module, cfg: Config, k: int, tile_paths: list[str | Path] | None = None,
                       batch_size: int = 256, device: torch.device | str = "cpu", progress: bool = False,
-                      max_patches: int = MAX_FIT_PATCHES) -> ClusterModel:
+                      max_patches: int = MAX_FIT_PATCHES, amp: bool | None = None) -> ClusterModel:
     """Fit k-means (``cfg.seed``, ``cfg.eval.n_init``) on the features of the training data.
 
     Training data are ``tile_paths`` if given, else the config's ``data.train_tiles`` for a ``tiles`` source,
-    else the ``train`` split of an MNIST/IDX source. At most ``max_patches`` patches (seeded subset).
+    else the ``train`` split of an MNIST/IDX source. At most ``max_patches`` patches (seeded subset). Features in
+    mixed precision with ``amp`` (default ``eval.amp``), read from the tile files batch by batch.
     """
+    dtype = inference_dtype(cfg, device, amp)
     if tile_paths or cfg.data.source == "tiles":
         paths = [Path(p) for p in (tile_paths or cfg.data.train_tiles)]
         if not paths:
             raise PathouccError("the run's config lists no data.train_tiles to fit k-means on; pass --tiles")
-        features, source = _tile_features(model, cfg, paths, batch_size, device, progress, max_patches), \
+        features, source = _tile_features(model, cfg, paths, batch_size, device, progress, max_patches, dtype), \
             json.dumps([str(p) for p in paths])
     else:
         pool = load_pools(cfg.data, ("train",))["train"]
         if len(pool) > max_patches:
             keep = np.sort(np.random.default_rng(cfg.seed).choice(len(pool), max_patches, replace=False))
             pool = type(pool)(pool.images[keep], pool.labels[keep])
-        features = extract_features(model, pool, batch_size, device)
+        features = extract_features(model, pool, batch_size, device, dtype=dtype)
         source = f"{cfg.data.source} train split ({cfg.data.root})"
     if len(features) < k:
         raise PathouccError(f"only {len(features)} training patches for k={k} clusters")
@@ -157,7 +165,7 @@ def fit_cluster_model(model: torch.nn.Module, cfg: Config, k: int, tile_paths: l
 
 def _tile_features(model: torch.nn.Module, cfg: Config, paths: list[Path], batch_size: int,
                    device: torch.device | str, progress: bool,
-                   max_patches: int) -> np.ndarray:
+                   max_patches: int, dtype: torch.dtype | None = None) -> np.ndarray:
     files = [open_tiles(p, cfg.data.slide_dir) for p in paths]
     try:
         for tiles in files:
@@ -171,7 +179,7 @@ def _tile_features(model: torch.nn.Module, cfg: Config, paths: list[Path], batch
         with progress_bar(progress, "k-means features", len(chosen)) as advance:
             for i, tiles in enumerate(files):
                 index = chosen[(chosen >= offsets[i]) & (chosen < offsets[i + 1])] - offsets[i]
-                for _, f in iter_features(model, tiles, batch_size, device, index):
+                for _, f in iter_features(model, tiles, batch_size, device, index, dtype):
                     out.append(f)
                     advance(len(f))
         return np.concatenate(out)
@@ -182,7 +190,8 @@ def _tile_features(model: torch.nn.Module, cfg: Config, paths: list[Path], batch
 
 def load_or_fit(run_dir: str | Path, model: torch.nn.Module, cfg: Config, k: int | None = None,
                 tile_paths: list[str | Path] | None = None, refit: bool = False, batch_size: int = 256,
-                device: torch.device | str = "cpu", progress: bool = False) -> tuple[ClusterModel, Path, bool]:
+                device: torch.device | str = "cpu", progress: bool = False,
+                amp: bool | None = None) -> tuple[ClusterModel, Path, bool]:
     """The run's ``kmeans-k{k}.npz``, fitted and saved first if absent (or ``refit``).
 
     Returns ``(cluster_model, path, fitted_now)``. ``k`` defaults to :func:`default_k`.
@@ -193,17 +202,19 @@ def load_or_fit(run_dir: str | Path, model: torch.nn.Module, cfg: Config, k: int
     path = kmeans_path(run_dir, k)
     if path.exists() and not refit:
         return ClusterModel.load(path, model.num_features), path, False
-    cm = fit_cluster_model(model, cfg, k, tile_paths, batch_size, device, progress)
+    cm = fit_cluster_model(model, cfg, k, tile_paths, batch_size, device, progress, amp=amp)
     cm.save(path)
     return cm, path, True
 
 
 def cluster_run(run_dir: str | Path, k: int | None = None, tile_paths: list[str | Path] | None = None,
-                batch_size: int | None = None, device: str = "auto",
-                progress: bool = False) -> tuple[ClusterModel, Path]:
-    """(Re)fit the run's shared k-means on its training data (or ``tile_paths``) and save ``kmeans-k{k}.npz``."""
+                batch_size: int | None = None, device: str = "auto", progress: bool = False,
+                amp: bool | None = None) -> tuple[ClusterModel, Path]:
+    """(Re)fit the run's shared k-means on its training data (or ``tile_paths``) and save ``kmeans-k{k}.npz``
+    (features in mixed precision with ``amp``, default ``eval.amp``)."""
     dev = select_device(device)
     cfg, model = load_run(run_dir, dev)
     cm, path, _ = load_or_fit(run_dir, model, cfg, k, tile_paths, refit=True,
-                              batch_size=batch_size or default_batch_size(cfg), device=dev, progress=progress)
+                              batch_size=batch_size or default_batch_size(cfg), device=dev, progress=progress,
+                              amp=amp)
     return cm, path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -10,15 +11,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from pathoucc.config import Config, save_config
-from pathoucc.data.augment import build_augment, reseed_augment
-from pathoucc.data.bags import BagBatch, create_bag_sampler
+from pathoucc.data.augment import build_augment
+from pathoucc.data.bags import BagSampler, create_bag_sampler
+from pathoucc.data.loader import StepDataset, batch_item, step_loader, to_model_input
 from pathoucc.data.pool import InstancePool
 from pathoucc.data.sources import load_pools
+from pathoucc.data.stream import StreamingPool
+from pathoucc.distributed import World, check_world_size, rank_seed, world
 from pathoucc.errors import PathouccError, TrainingInterrupted
 from pathoucc.files import atomic_path, ensure_writable_dir
 from pathoucc.models import UCCModel, create_model
@@ -93,14 +96,16 @@ def ucc_loss_terms(model: UCCModel, x: torch.Tensor, members: torch.Tensor, mask
 
 
 class Trainer:
-    """Holds everything a run needs; ``fit`` trains to ``cfg.train.steps`` (or the time budget)."""
+    """Holds everything a run needs; ``fit`` trains to ``cfg.train.steps`` (or the time budget). Under torchrun,
+    ``world`` is this process's rank (see :mod:`pathoucc.distributed`)."""
 
-    def __init__(self, cfg: Config, run_dir: Path, pools: dict[str, InstancePool]) -> None:
-        self.cfg, self.run_dir = cfg, run_dir
+    def __init__(self, cfg: Config, run_dir: Path, pools: dict[str, InstancePool | StreamingPool],
+                 world: World | None = None) -> None:
+        self.cfg, self.run_dir, self.world = cfg, run_dir, world or World()
         t = cfg.train
         if t.num_threads:
             torch.set_num_threads(t.num_threads)
-        self.device = select_device(t.device)
+        self.device = self.world.device(select_device(t.device))
         self.amp_dtype = autocast_dtype(self.device, t.amp)
         seed_everything(cfg.seed)
         self.train_pool, self.val_pool = pools["train"], pools.get("val")
@@ -112,7 +117,8 @@ class Trainer:
             )
         b = cfg.bags
         try:
-            self.sampler = create_bag_sampler(self.train_pool, b.bag_size, b.ucc_min, b.ucc_max, cfg.seed,
+            seed = rank_seed(cfg.seed, self.world.rank)  # each rank its own bags; rank 0 those of one process
+            self.sampler = create_bag_sampler(self.train_pool, b.bag_size, b.ucc_min, b.ucc_max, seed,
                                               b.instances_per_batch)
             val_sampler = (
                 create_bag_sampler(self.val_pool, b.bag_size, b.ucc_min, b.ucc_max, cfg.seed + 1,
@@ -126,7 +132,14 @@ class Trainer:
             val_sampler.sample(i, min(b.bags_per_batch, t.val_bags - i * b.bags_per_batch))
             for i in range(math.ceil(t.val_bags / b.bags_per_batch))]
         self.augment = build_augment(cfg.data.augment)
+        # item s of ``data``: step s's bags as uint8 pixels (prepared ahead by DataLoader workers in ``fit``)
+        self.data = StepDataset(self.sampler, self.train_pool, b.bags_per_batch, self.augment, seed)
+        self._feed = None
+        # cuDNN picks the fastest kernels for the shapes it sees: worth it when every step has the same shapes
+        torch.backends.cudnn.benchmark = self.device.type == "cuda" and isinstance(self.sampler, BagSampler)
         self.model = create_model(cfg.model, self.sampler.num_ucc).to(self.device)
+        unused = cfg.loss.ucc_weight == 0 or (cfg.model.decoder and cfg.loss.ae_weight == 0)
+        self.model, self.net = self.world.wrap(self.model, self.device, find_unused=bool(unused))  # net: DDP
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step = 0
@@ -142,6 +155,7 @@ class Trainer:
             "step": self.step,
             "elapsed": self.elapsed,
             "config": json.dumps(self.cfg.to_dict()),
+            "world_size": self.world.size,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -152,35 +166,43 @@ class Trainer:
         self.step, self.elapsed = int(state["step"]), float(state["elapsed"])
 
     def save_checkpoint(self) -> None:
+        if not self.world.main:  # only rank 0 writes the run folder
+            return
         save_weights(self.state_dict(), self.run_dir / CHECKPOINT)
 
     def save_snapshot(self) -> None:
         """Weights at this step (``snapshots/step-NNNNNNN.pt``), for accuracy-against-time curves."""
+        if not self.world.main:
+            return
         save_weights({"model": self.model.state_dict(), "step": self.step, "elapsed": self.elapsed},
                      snapshot_path(self.run_dir, self.step))
 
     # ----------------------------------------------------------------- loop
-    def _tensors(self, pool: InstancePool, batch: BagBatch, transform=None) -> tuple[torch.Tensor, ...]:
-        """A step's instances ``(M, C, H, W)``, members, mask and ucc targets on the device."""
-        x = pool.tensor(batch.instances, transform)
-        return tuple(t.to(self.device, non_blocking=True) for t in (
-            x, torch.from_numpy(batch.members), torch.from_numpy(batch.mask),
-            torch.from_numpy(batch.ucc - self.cfg.bags.ucc_min)))
+    def _tensors(self, item: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+        """A step's instances ``(M, C, H, W)`` (copied as uint8, converted on the device), members, mask and ucc
+        targets on the device; a read error of a DataLoader worker is raised here."""
+        if "error" in item:
+            raise PathouccError(item["error"])
+        dev, target = self.device, item["ucc"] - self.cfg.bags.ucc_min
+        return (to_model_input(item["images"], dev), item["members"].to(dev, non_blocking=True),
+                item["mask"].to(dev, non_blocking=True), target.to(dev, non_blocking=True))
 
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, Any]:
+        """One step; returns its loss terms as detached tensors on the device (no host sync) and the lr."""
         self.model.train()
-        batch = self.sampler.sample(self.step, self.cfg.bags.bags_per_batch)
-        x, members, mask, target = self._tensors(self.train_pool, batch, self.augment)
+        item = next(self._feed) if self._feed is not None else self.data[self.step]
+        assert item["step"] == self.step, (item["step"], self.step)
+        x, members, mask, target = self._tensors(item)
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.train.lr * lr_factor(self.cfg, self.step, self.elapsed)
         with autocast(self.device, self.amp_dtype):
-            terms = ucc_loss_terms(self.model, x, members, mask, target, self.cfg)
+            terms = ucc_loss_terms(self.net, x, members, mask, target, self.cfg)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.step += 1
-        return {k: float(v.detach()) for k, v in terms.items()} | {"lr": self.optimizer.param_groups[0]["lr"]}
+        return {k: v.detach() for k, v in terms.items()} | {"lr": self.optimizer.param_groups[0]["lr"]}
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
@@ -190,7 +212,7 @@ class Trainer:
         self.model.eval()
         totals: dict[str, float] = {}
         for batch in self.val_batches:
-            x, members, mask, target = self._tensors(self.val_pool, batch)
+            x, members, mask, target = self._tensors(batch_item(self.val_pool, batch))
             with autocast(self.device, self.amp_dtype):
                 terms = ucc_loss_terms(self.model, x, members, mask, target, self.cfg)
             for k, v in terms.items():
@@ -202,25 +224,38 @@ class Trainer:
         t = self.cfg.train
         budget = t.max_minutes * 60 if t.max_minutes else math.inf
         metrics_path = self.run_dir / METRICS_LOG
-        running: dict[str, list[float]] = {}
-        info = ""
+        # steps prepared ahead (in order, deterministic) by cfg.data.num_workers DataLoader processes
+        loader = step_loader(self.data, self.step, t.steps, self.cfg.data.num_workers, self.device.type == "cuda")
+        self._feed = iter(loader)
+        try:
+            self._loop(budget, metrics_path, progress)
+        finally:
+            self._feed = None
+        self.save_checkpoint()
+
+    def _loop(self, budget: float, metrics_path: Path, progress: bool) -> None:
+        t, main = self.cfg.train, self.world.main
+        running: dict[str, Any] = {}  # sums since the last log, on the device: read (synced) only when logged
+        count, info = 0, ""
         # SIGTERM / SIGUSR1 / Ctrl-C only set a flag: the step in flight finishes, then a checkpoint is saved
-        with (stop_requests() as stop, metrics_path.open("a") as mlog,
-              progress_bar(progress, "train", t.steps, self.step, "steps") as advance):
+        with (stop_requests() as stop, metrics_path.open("a") if main else contextlib.nullcontext() as mlog,
+              progress_bar(progress and main, "train", t.steps, self.step, "steps") as advance):
             while self.step < t.steps and self.elapsed < budget:
-                reseed_augment(self.augment, self.cfg.seed, self.step)  # a step's augmentations: (seed, step)
                 start = time.perf_counter()
                 terms = self.train_step()
                 self.elapsed += time.perf_counter() - start
                 for k, v in terms.items():
-                    running.setdefault(k, []).append(v)
+                    running[k] = running.get(k, 0.0) + (v.double() if torch.is_tensor(v) else v)
+                count += 1
+                # all ranks stop at the same step, and agree on the time used (one all-reduce; nothing alone)
+                stopping, self.elapsed = self.world.agree(stop.signum is not None, self.elapsed, self.device)
                 record: dict[str, Any] = {}
                 if self.step % t.log_every == 0 or self.step == t.steps:
-                    record = {k: float(np.mean(v)) for k, v in running.items()}
-                    running.clear()
-                if self.step % t.val_every == 0 or self.step == t.steps:
+                    record = self.world.mean({k: float(v) / count for k, v in running.items()}, self.device)
+                    running, count = {}, 0
+                if main and (self.step % t.val_every == 0 or self.step == t.steps):
                     record |= self.validate()
-                if record:
+                if record and main:
                     record = {"step": self.step, "elapsed_s": round(self.elapsed, 3)} | record
                     mlog.write(json.dumps(record) + "\n")
                     mlog.flush()
@@ -231,11 +266,11 @@ class Trainer:
                     self.save_checkpoint()
                 if t.snapshot_every and self.step % t.snapshot_every == 0:
                     self.save_snapshot()
-                if stop.signum is not None:
+                if stopping:
                     self.save_checkpoint()
-                    log.info("interrupted by %s at step %d; checkpoint saved", stop.name, self.step)
-                    raise TrainingInterrupted(stop.name, self.step, stop.exit_code)
-        self.save_checkpoint()
+                    name, code = (stop.name, stop.exit_code) if stop.signum is not None else ("SIGTERM", 143)
+                    log.info("interrupted by %s at step %d; checkpoint saved", name, self.step)
+                    raise TrainingInterrupted(name, self.step, code)
 
 
 def train_run(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> Path:
@@ -246,28 +281,35 @@ def train_run(cfg: Config, run_dir: str | Path, resume: bool = False, progress: 
     """
     run_dir = Path(run_dir)
     ckpt = run_dir / CHECKPOINT
+    w = world(cfg.train.device)  # under torchrun: this rank (only rank 0 writes the run folder)
     if resume:
         state = load_checkpoint(ckpt)
         check_resume_config(run_dir, state, cfg)  # only the step/time budget and logging may change
+        check_world_size(state, w, ckpt)
     else:
         if ckpt.exists():
             raise PathouccError("run folder already holds a checkpoint: use --resume, or choose another --out",
                                 run_dir)
         state = None
-    ensure_writable_dir(run_dir)
-    _setup_file_logging(run_dir)
+    if w.main:
+        ensure_writable_dir(run_dir)
+        _setup_file_logging(run_dir)
     pools = load_pools(cfg.data, ("train", "val"))
-    trainer = Trainer(cfg, run_dir, pools)
+    trainer = Trainer(cfg, run_dir, pools, w)
     if state is not None:
         trainer.load_state_dict(state)
-        _truncate_metrics(run_dir / METRICS_LOG, trainer.step)
+        if w.main:
+            _truncate_metrics(run_dir / METRICS_LOG, trainer.step)
         log.info("resumed from step %d", trainer.step)
-    else:
+    elif w.main:
         (run_dir / METRICS_LOG).unlink(missing_ok=True)
-    save_config(cfg, run_dir / CONFIG)
+    if w.main:
+        save_config(cfg, run_dir / CONFIG)
     trainer.fit(progress=progress)
-    save_model(trainer.model, cfg, run_dir / MODEL)
-    plot_training_curves(run_dir / METRICS_LOG, run_dir / CURVES)
+    if w.main:
+        save_model(trainer.model, cfg, run_dir / MODEL)
+        plot_training_curves(run_dir / METRICS_LOG, run_dir / CURVES)
+    w.finish()
     return run_dir
 
 

@@ -40,7 +40,7 @@ def test_whole_region_larger_than_bag_size_trains(tiny_config, digits, tmp_path:
     assert sorted(batch.sizes.tolist())[-1] >= 300 and batch.members.shape[1] >= 300
     before = [p.detach().clone() for p in trainer.model.parameters()]
     terms = trainer.train_step()
-    assert np.isfinite(terms["loss"])
+    assert np.isfinite(float(terms["loss"]))
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
 
 
@@ -53,7 +53,7 @@ def test_shared_instance_bags_train(tiny_config, tmp_path: Path) -> None:
     trainer = Trainer(cfg, tmp_path, load_pools(cfg.data, ("train", "val")))
     batch = trainer.sampler.sample(0, 16)
     assert len(batch.instances) == 40 and batch.members.shape == (16, 8)
-    assert np.isfinite(trainer.train_step()["loss"])
+    assert np.isfinite(float(trainer.train_step()["loss"]))
 
 
 def test_ucc_range_wider_than_the_classes_is_a_config_error(tiny_config, tmp_path: Path) -> None:

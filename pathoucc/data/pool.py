@@ -45,6 +45,15 @@ class InstancePool:
     def num_classes(self) -> int:
         return len(np.unique(self.labels[self.labels >= 0]))
 
+    def read(self, index: np.ndarray | slice) -> np.ndarray:
+        """Instances ``index`` as ``(n, H, W, C)`` uint8 (the interface :class:`~pathoucc.data.stream.StreamingPool`
+        shares)."""
+        return self.images[index]
+
+    def subset(self, member: np.ndarray, bag_index: np.ndarray | None, bag_ucc: np.ndarray | None) -> InstancePool:
+        """The instances where ``member`` is True, with new region indices and counts."""
+        return InstancePool(self.images[member], self.labels[member], bag_index, bag_ucc)
+
     def tensor(self, index: np.ndarray | slice, transform=None) -> torch.Tensor:
         """Instances ``index`` as a float tensor ``(n, C, H, W)`` in [0, 1], optionally augmented (uint8 HWC)."""
         batch = self.images[index]

@@ -11,13 +11,16 @@ from pathoucc.config import DataConfig
 from pathoucc.data.idx import read_idx_folder
 from pathoucc.data.mnist import load_mnist
 from pathoucc.data.pool import InstancePool
+from pathoucc.data.stream import StreamingPool
 from pathoucc.errors import PathouccError
 from pathoucc.slides.coords import CoordsFile
 from pathoucc.slides.tilefile import TileFile, open_tiles
 
 
-def load_pools(cfg: DataConfig, splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, InstancePool]:
-    """Load the requested splits of the configured source as :class:`InstancePool` objects."""
+def load_pools(cfg: DataConfig,
+               splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, InstancePool | StreamingPool]:
+    """Load the requested splits of the configured source as :class:`InstancePool` objects (tile files with
+    ``data.streaming``: :class:`StreamingPool` objects, which read patches on demand)."""
     if cfg.source in ("mnist", "idx"):
         if cfg.source == "mnist":
             arrays = load_mnist(cfg.root)
@@ -43,10 +46,12 @@ def _read_all(tiles: TileFile, chunk: int = 4096) -> np.ndarray:
     return np.concatenate([tiles.read_patches(slice(i, i + chunk)) for i in range(0, tiles.num_patches, chunk)])
 
 
-def pool_from_tiles(paths: list[str], need_regions: bool, slide_dir: str | None = None) -> InstancePool:
+def pool_from_tiles(paths: list[str], need_regions: bool, slide_dir: str | None = None,
+                    streaming: bool = False) -> InstancePool | StreamingPool:
     """Concatenate the patches of ``paths`` into one pool; region indices are renumbered across files.
-    ``slide_dir`` holds the slides of CLAM/TRIDENT coordinate files among ``paths``."""
-    images, labels, region, ucc = [], [], [], []
+    ``slide_dir`` holds the slides of CLAM/TRIDENT coordinate files among ``paths``. With ``streaming`` the pool
+    reads patches from the files on demand (:class:`StreamingPool`) instead of holding them in memory."""
+    images, labels, region, ucc, sizes = [], [], [], [], []
     size = None
     for path in paths:
         with open_tiles(path, slide_dir) as tiles:
@@ -58,8 +63,10 @@ def pool_from_tiles(paths: list[str], need_regions: bool, slide_dir: str | None 
                                     "or --regions-csv" + (" (a CLAM/TRIDENT coordinate file has none: it serves "
                                                           "segment, cluster and test_tiles)"
                                                           if isinstance(tiles, CoordsFile) else ""), path)
-            images.append(_read_all(tiles))
+            if not streaming:
+                images.append(_read_all(tiles))
             n = tiles.num_patches
+            sizes.append(n)
             labels.append(tiles.labels if tiles.labels is not None else np.full(n, -1, np.int64))
             if tiles.region is not None and tiles.region_ucc is not None:
                 offset = sum(len(u) for u in ucc)
@@ -67,36 +74,37 @@ def pool_from_tiles(paths: list[str], need_regions: bool, slide_dir: str | None 
                 ucc.append(tiles.region_ucc)
             else:
                 region.append(np.full(n, -1, np.int64))
-    return InstancePool(
-        np.concatenate(images), np.concatenate(labels).astype(np.int64),
-        np.concatenate(region).astype(np.int64) if ucc else None,
-        np.concatenate(ucc).astype(np.int64) if ucc else None,
-    )
+    meta = (np.concatenate(labels).astype(np.int64),
+            np.concatenate(region).astype(np.int64) if ucc else None,
+            np.concatenate(ucc).astype(np.int64) if ucc else None)
+    if streaming:
+        return StreamingPool(paths, sizes, int(size or 0), *meta, slide_dir=slide_dir)
+    return InstancePool(np.concatenate(images), *meta)
 
 
-def _subset_regions(pool: InstancePool, keep: np.ndarray) -> InstancePool:
+def _subset_regions(pool: InstancePool | StreamingPool, keep: np.ndarray) -> InstancePool | StreamingPool:
     """The instances of the regions ``keep`` (renumbered 0..len(keep)-1)."""
     assert pool.bag_index is not None and pool.bag_ucc is not None
     new_id = np.full(len(pool.bag_ucc), -1, np.int64)
     new_id[keep] = np.arange(len(keep))
     member = (pool.bag_index >= 0) & (new_id[np.maximum(pool.bag_index, 0)] >= 0)
-    return InstancePool(pool.images[member], pool.labels[member], new_id[pool.bag_index[member]],
-                        pool.bag_ucc[keep])
+    return pool.subset(member, new_id[pool.bag_index[member]], pool.bag_ucc[keep])
 
 
-def load_tile_pools(cfg: DataConfig, splits: tuple[str, ...]) -> dict[str, InstancePool]:
+def load_tile_pools(cfg: DataConfig, splits: tuple[str, ...]) -> dict[str, InstancePool | StreamingPool]:
     """``train``/``val``: the regions of ``cfg.train_tiles``, ``val_fraction`` of them held out (seeded);
     ``test``: every patch of ``cfg.test_tiles`` (falls back to the training tiles when none are given)."""
     out: dict[str, InstancePool] = {}
     if {"train", "val"} & set(splits):
         if not cfg.train_tiles:
             raise PathouccError("data.train_tiles is empty: list the tile files (.h5) to train on")
-        pool = pool_from_tiles(cfg.train_tiles, need_regions=True, slide_dir=cfg.slide_dir)
+        pool = pool_from_tiles(cfg.train_tiles, need_regions=True, slide_dir=cfg.slide_dir, streaming=cfg.streaming)
         assert pool.bag_ucc is not None
         order = np.random.default_rng(0).permutation(len(pool.bag_ucc))
         n_val = round(len(order) * cfg.val_fraction)
         out["train"] = _subset_regions(pool, np.sort(order[n_val:]))
         out["val"] = _subset_regions(pool, np.sort(order[:n_val]))
     if "test" in splits:
-        out["test"] = pool_from_tiles(cfg.test_tiles or cfg.train_tiles, need_regions=False, slide_dir=cfg.slide_dir)
+        out["test"] = pool_from_tiles(cfg.test_tiles or cfg.train_tiles, need_regions=False, slide_dir=cfg.slide_dir,
+                                      streaming=cfg.streaming)
     return {s: out[s] for s in splits}

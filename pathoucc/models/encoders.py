@@ -80,7 +80,11 @@ class ConvEncoder(nn.Module):
 
 
 class TimmEncoder(nn.Module):
-    """Any timm model by name, pooled to a vector; optional local weights file (never downloads)."""
+    """Any timm model by name, pooled to a vector; optional local weights file (never downloads).
+
+    With pretrained weights, inputs in [0, 1] are normalised with the mean and std of the model's pretrained
+    config (timm's ``pretrained_cfg``, e.g. ImageNet's), on the device, inside the model, so training, features
+    and segmentation all see what the weights were trained on. Without, inputs stay in [0, 1]."""
 
     def __init__(self, name: str, in_chans: int = 3, pretrained_file: str | None = None) -> None:
         super().__init__()
@@ -90,13 +94,31 @@ class TimmEncoder(nn.Module):
             self.model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans)
         except RuntimeError as exc:  # unknown model name
             raise PathouccError(f"timm model '{name}': {exc}") from None
+        self.normalise = bool(pretrained_file)
         if pretrained_file:
             load_weights(self.model, pretrained_file)
+        mean, std = input_stats(self.model, in_chans)
+        # not saved with the weights: derived from the backbone's name (model files stay as they were)
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("std", std, persistent=False)
         self.num_features = self.model.num_features
         self.out_shape = (self.num_features,)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.normalise:
+            x = (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
         return self.model(x)
+
+
+def input_stats(model: nn.Module, in_chans: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(mean, std)`` ``(1, C, 1, 1)`` of a timm model's pretrained config (read from timm's registry, no
+    download); (0, 1) when it has none. A config for 3 channels is averaged for another channel count."""
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    stats = []
+    for key, default in (("mean", 0.0), ("std", 1.0)):
+        v = torch.tensor([float(c) for c in cfg.get(key) or [default]], dtype=torch.float32)
+        stats.append((v if len(v) == in_chans else v.mean().expand(in_chans)).reshape(1, in_chans, 1, 1).clone())
+    return stats[0], stats[1]
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from pathoucc.config import SegmentOptions
 from pathoucc.errors import PathouccError
-from pathoucc.features import check_tiles_fit_model, default_batch_size
+from pathoucc.features import check_tiles_fit_model, default_batch_size, inference_dtype
 from pathoucc.files import ensure_writable_dir
 from pathoucc.kmeans import ClusterModel, load_or_fit
 from pathoucc.run import load_run
@@ -85,12 +85,14 @@ def segment_run(run_dir: str | Path, tile_paths: list[str | Path], out: str | Pa
     masks = [_mask_for(mask, p, len(paths) > 1) for p in paths]
     ensure_writable_dir(out)
     batch_size = o.batch_size or default_batch_size(cfg)
-    cm, km_path, fitted = load_or_fit(run_dir, model, cfg, o.k, batch_size=batch_size, device=dev, progress=progress)
+    cm, km_path, fitted = load_or_fit(run_dir, model, cfg, o.k, batch_size=batch_size, device=dev, progress=progress,
+                                      amp=o.amp)
+    dtype = inference_dtype(cfg, dev, o.amp)  # the precision the k-means was fitted in, by default
     colors = cluster_colors(cm.k)
     report = SegmentReport(cm, km_path, fitted)
     for path, slide_mask in zip(paths, masks, strict=True):
         with open_tiles(path, slide_dir) as tiles:
-            seg = segment_tiles(model, cm, tiles, batch_size, dev, progress)
+            seg = segment_tiles(model, cm, tiles, batch_size, dev, progress, dtype)
             seg.scores = score_segmentation(seg, tiles, slide_mask)
             folder = write_segmentation(seg, tiles, out, colors, {"run": str(run_dir.resolve()),
                                                                   "kmeans": str(km_path.resolve())})

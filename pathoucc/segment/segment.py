@@ -41,15 +41,17 @@ class Segmentation:
 
 
 def segment_tiles(model: torch.nn.Module, cluster_model: ClusterModel, tiles: TileFile, batch_size: int = 256,
-                  device: torch.device | str = "cpu", progress: bool = False) -> Segmentation:
-    """Cluster every patch of an open tile file (streamed ``batch_size`` at a time) and build its map.
+                  device: torch.device | str = "cpu", progress: bool = False,
+                  dtype: torch.dtype | None = None) -> Segmentation:
+    """Cluster every patch of an open tile file (streamed ``batch_size`` at a time, under autocast ``dtype``) and
+    build its map.
 
     ``model`` has ``extract_features((n, 3, P, P) in [0, 1]) -> (n, J)`` with J = ``cluster_model.num_features``.
     """
     n, k = tiles.num_patches, cluster_model.k
     distances = np.empty((n, k), np.float32)
     with progress_bar(progress, tiles.path.stem, n) as advance:
-        for where, features in iter_features(model, tiles, batch_size, device):
+        for where, features in iter_features(model, tiles, batch_size, device, dtype=dtype):
             if features.shape[1] != cluster_model.num_features:
                 raise PathouccError(f"the model gives {features.shape[1]} features but the k-means centres have "
                                     f"{cluster_model.num_features}", tiles.path)

@@ -1,0 +1,96 @@
+"""Instances read from HDF5 tile files on demand, so a cohort larger than memory trains and evaluates.
+
+A :class:`StreamingPool` holds only each patch's file, label and region; :meth:`StreamingPool.read` reads the
+patches of a step from their files (one read of sorted unique indices per file, then put back in the asked order).
+Each process opens its own file handles on first use, so DataLoader workers forked from the main process never
+share an HDF5 handle. A file that disappears or turns out corrupt is a one-line :class:`PathouccError` naming it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from pathoucc.errors import PathouccError
+from pathoucc.slides.coords import CoordsFile
+from pathoucc.slides.tilefile import TileFile, open_tiles
+
+__all__ = ["StreamingPool"]
+
+
+class StreamingPool:
+    """The patches of several tile files as one pool, read on demand (same interface as
+    :class:`~pathoucc.data.pool.InstancePool` for bags, training and features: ``shape``, ``labels``,
+    ``bag_index``, ``bag_ucc``, ``len``, :meth:`read`, :meth:`subset`).
+
+    paths : the tile files; sizes : patches per file; rows : (N,) the global patch number (file after file) of
+    each instance of the pool; labels, bag_index, bag_ucc : as in ``InstancePool``.
+    """
+
+    def __init__(self, paths: list[str | Path], sizes: list[int], patch_size: int, labels: np.ndarray,
+                 bag_index: np.ndarray | None = None, bag_ucc: np.ndarray | None = None,
+                 rows: np.ndarray | None = None, slide_dir: str | None = None) -> None:
+        self.paths = [Path(p) for p in paths]
+        self.sizes = [int(n) for n in sizes]
+        self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
+        self.rows = np.arange(self.offsets[-1], dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        self.patch_size, self.slide_dir = int(patch_size), slide_dir
+        self.labels, self.bag_index, self.bag_ucc = labels, bag_index, bag_ucc
+        if len(self.labels) != len(self.rows):
+            raise ValueError("labels and rows differ in length")
+        self._files: dict[int, TileFile | CoordsFile] = {}
+        self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one instance."""
+        return 3, self.patch_size, self.patch_size
+
+    @property
+    def num_classes(self) -> int:
+        return len(np.unique(self.labels[self.labels >= 0]))
+
+    def subset(self, member: np.ndarray, bag_index: np.ndarray | None, bag_ucc: np.ndarray | None) -> StreamingPool:
+        """The instances where ``member`` is True, with new region indices and counts (nothing is read)."""
+        return StreamingPool(self.paths, self.sizes, self.patch_size, self.labels[member], bag_index, bag_ucc,
+                             self.rows[member], self.slide_dir)
+
+    def _file(self, i: int) -> TileFile | CoordsFile:
+        if self._pid != os.getpid():  # a forked worker: never reuse the parent's handles
+            self._files, self._pid = {}, os.getpid()
+        if i not in self._files:
+            self._files[i] = open_tiles(self.paths[i], self.slide_dir)
+        return self._files[i]
+
+    def read(self, index: np.ndarray | slice) -> np.ndarray:
+        """Instances ``index`` (any order, repeats allowed) as ``(n, P, P, 3)`` uint8, read from their files."""
+        rows = self.rows[index]
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
+        out = np.empty((len(rows), self.patch_size, self.patch_size, 3), np.uint8)
+        for i in np.unique(which).tolist():
+            sel = np.flatnonzero(which == i)
+            try:
+                out[sel] = self._file(i).read_patches(rows[sel] - self.offsets[i])
+            except PathouccError:
+                raise
+            except (OSError, KeyError, RuntimeError, ValueError) as exc:  # h5py: a bad chunk, a vanished file
+                self._files.pop(i, None)
+                first = str(exc).splitlines()[0] if str(exc) else ""
+                raise PathouccError(f"cannot read patches ({type(exc).__name__}: {first}); the file is corrupt, "
+                                    "truncated or was removed", self.paths[i]) from None
+        return out
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files = {}
+
+    def __getstate__(self) -> dict:  # picklable (spawned workers): handles are reopened on use
+        state = self.__dict__.copy()
+        state["_files"] = {}
+        return state
