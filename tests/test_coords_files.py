@@ -187,7 +187,10 @@ def test_coords_files_cannot_train_but_can_be_test_tiles(files) -> None:
     with pytest.raises(PathouccError, match="CLAM/TRIDENT coordinate file has none"):
         load_pools(config_from_dict({"data": data}).data, ("train",))
     data |= {"train_tiles": [str(files["tiles"])], "test_tiles": [str(files["clam"])]}
-    test = load_pools(config_from_dict({"data": data}).data, ("test",))["test"]
     with open_tiles(files["tiles"]) as t:
-        np.testing.assert_array_equal(test.images, t.read_patches(slice(None)))
-    assert (test.labels == -1).all()
+        expected = t.read_patches(slice(None))
+    for streaming in (True, False):  # read on demand (from the slide, here) or all at once
+        test = load_pools(config_from_dict({"data": data | {"streaming": streaming}}).data, ("test",))["test"]
+        got = test.read(slice(None)) if streaming else test.images
+        np.testing.assert_array_equal(got, expected)
+        assert (test.labels == -1).all()
