@@ -28,7 +28,7 @@ def digit_run(digit_slide, tmp_path_factory) -> dict:
         "bags": {"bag_size": 8, "bags_per_batch": 4, "ucc_min": 1, "ucc_max": 4},
         "model": {"backbone": "conv", "widths": [8, 16], "in_chans": 3, "input_size": CELL, "num_features": 8,
                   "mlp": [16], "decoder_widths": [16, 8]},
-        "train": {"steps": 4, "val_every": 100, "checkpoint_every": 100, "log_every": 100, "val_bags": 4},
+        "train": {"steps": 20, "val_every": 100, "checkpoint_every": 100, "log_every": 100, "val_bags": 4},
         "eval": {"n_init": 2, "batch_size": 128},
     })
     train_run(cfg, folder / "run", progress=False)

@@ -49,8 +49,13 @@ class UCCModel(nn.Module):
         self.num_features = num_features
 
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Instances ``(M, C, H, W)`` -> features ``(M, J)`` in [0, 1]."""
-        return torch.sigmoid(self.head_norm(self.head(self.encoder(x))))
+        """Instances ``(M, C, H, W)`` -> features ``(M, J)`` float32 in [0, 1].
+
+        Under mixed precision the encoder runs in bf16/fp16 but the feature head in fp32: the features are what
+        k-means clusters, and bf16's 8-bit mantissa would round nearby features together."""
+        h = self.encoder(x)
+        with torch.autocast(h.device.type, enabled=False):
+            return torch.sigmoid(self.head_norm(self.head(h.float())))
 
     def encode(self, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
         """:meth:`extract_features` ``chunk`` instances at a time (0: all at once). While training, each chunk's
