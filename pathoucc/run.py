@@ -37,9 +37,9 @@ SNAPSHOTS = "snapshots"
 
 # What ``--resume`` may change: the step and time budget (which set where the learning-rate schedule ends) and how
 # often things are logged or saved. Everything else must equal the run's config, or its model would no longer be
-# what its config.yaml says.
+# what its config.yaml says. How data reach the model (streamed or in memory, by how many workers) changes no number.
 RESUMABLE = ("train.steps", "train.max_minutes", "train.log_every", "train.val_every", "train.checkpoint_every",
-             "train.snapshot_every")
+             "train.snapshot_every", "data.streaming", "data.num_workers")
 
 
 def kmeans_path(run_dir: str | Path, k: int) -> Path:

@@ -229,8 +229,9 @@ class Trainer:
         self._feed = iter(loader)
         try:
             self._loop(budget, metrics_path, progress)
-        finally:
+        finally:  # whatever ended the loop: the loader goes, and its workers with it
             self._feed = None
+            del loader
         self.save_checkpoint()
 
     def _loop(self, budget: float, metrics_path: Path, progress: bool) -> None:

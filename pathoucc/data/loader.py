@@ -58,10 +58,12 @@ class StepDataset(Dataset):
 
 
 def _ignore_stop_signals(_worker: int) -> None:
-    """Workers leave SIGTERM, SIGUSR1 and Ctrl-C to the training process, which stops at a step boundary and
-    then shuts them down (a worker killed by the signal would abort the step instead)."""
+    """Workers leave SIGUSR1 (SLURM's warning) and Ctrl-C to the training process, which stops at a step boundary
+    and then shuts them down (a worker killed by the signal would abort the step instead). SIGTERM keeps its
+    default: it is how a worker is ended when its loader is gone."""
     for sig in STOP_SIGNALS:
-        signal.signal(sig, signal.SIG_IGN)
+        if sig != signal.SIGTERM:
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def step_loader(dataset: StepDataset, start: int, stop: int, num_workers: int = 0, pin_memory: bool = False,
