@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_mnist import run_child  # noqa: E402
-from repo_paths import command, relative  # noqa: E402
+from repo_paths import command, header_lines, relative  # noqa: E402
 
 
 def _machine() -> dict:
@@ -83,8 +83,7 @@ def _last_step(run: Path) -> int:
 
 
 def write_markdown(r: dict, path: Path) -> None:
-    lines = [f"Date {r['date']}, {r['machine']['cpus']} CPUs, {r['machine']['platform']}, "
-             f"Python {r['machine']['python']}.", "", f"Command: `{r['command']}`", "",
+    lines = [*header_lines(r),
              "| bag size | seed | steps | test accuracy | NMI | ARI | wall-clock (min) | peak RSS (GB) |",
              "|---|---|---|---|---|---|---|---|"]
     for run in r["runs"]:

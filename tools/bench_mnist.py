@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from repo_paths import command, relative  # noqa: E402
+from repo_paths import command, header_lines, relative  # noqa: E402
 
 
 def child(config: str, out: str, overrides: list[str]) -> None:
@@ -128,8 +128,7 @@ def main() -> None:
 
 
 def write_markdown(r: dict, path: Path) -> None:
-    lines = [f"Date {r['date']}, {r['machine']['cpus']} CPUs, {r['machine']['platform']}, "
-             f"Python {r['machine']['python']}.", "", f"Command: `{r['command']}`", "",
+    lines = [*header_lines(r),
              "| run | seed | test accuracy | NMI | ARI | train steps | wall-clock (min) | peak RSS (GB) |",
              "|---|---|---|---|---|---|---|---|"]
     for run in r["runs"]:

@@ -97,16 +97,8 @@ def make_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 64), 
         where = classes == c
         picks[where] = rng.choice(by_class[c], size=int(where.sum()))
 
-    index = np.full((rows + 2 * margin, cols + 2 * margin), -1, np.int64)  # training image per cell, -1 = white
-    index[margin:margin + rows, margin:margin + cols] = picks
-    renderer = _Renderer(images, index, cell)
-    size = (index.shape[1] * cell, index.shape[0] * cell)
-    write_pyramid_tiff(out_path, size, renderer, mpp=mpp, downsamples=pyramid_downsamples(size))
-
-    mask_values = np.zeros(index.shape, np.uint8)
-    mask_values[margin:margin + rows, margin:margin + cols] = classes + 1
+    _write_slide_and_mask(out_path, images, picks, classes, margin, cell, mpp, mask_downsample)
     mask_path = out_path.with_name(f"{out_path.stem}_mask.png")
-    _write_png_cells(mask_path, mask_values, cell // mask_downsample)
 
     with atomic_path(out_path.with_name(f"{out_path.stem}_regions.csv")) as tmp, tmp.open("w", newline="") as f:
         writer = csv.writer(f)
@@ -199,18 +191,11 @@ def make_blob_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 
     used, local = np.unique(picks[digit], return_inverse=True)
     scaled = np.stack([np.asarray(Image.fromarray(images[i]).resize((cell, cell), Image.Resampling.BILINEAR))
                        for i in used]).astype(np.uint8)
-    index = np.full((rows + 2 * margin_cells, cols + 2 * margin_cells), -1, np.int64)
     inner = np.full(rows * cols, -1, np.int64)
     inner[digit] = local.ravel()
-    index[margin_cells:margin_cells + rows, margin_cells:margin_cells + cols] = inner.reshape(rows, cols)
-    renderer = _Renderer(scaled, index, cell)
-    level0 = (index.shape[1] * cell, index.shape[0] * cell)
-    write_pyramid_tiff(out_path, level0, renderer, mpp=mpp, downsamples=pyramid_downsamples(level0))
-
-    mask_values = np.zeros(index.shape, np.uint8)
-    mask_values[margin_cells:margin_cells + rows, margin_cells:margin_cells + cols] = classes + 1
+    _write_slide_and_mask(out_path, scaled, inner.reshape(rows, cols), classes, margin_cells, cell, mpp,
+                          mask_downsample)
     mask_path = out_path.with_name(f"{out_path.stem}_mask.png")
-    _write_png_cells(mask_path, mask_values, cell // mask_downsample)
     geojson_path = out_path.with_name(f"{out_path.stem}_regions.geojson")
     with atomic_path(geojson_path) as tmp:
         tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
@@ -334,6 +319,21 @@ def _training_digits(source: str, data_dir: str | Path, split: str = "train") ->
             out[i, 2:26, 2:26] = np.asarray(big)
         return out, np.asarray(digits.target, np.int64)
     raise PathouccError(f"unknown digit source {source!r} (use mnist or digits)")
+
+
+def _write_slide_and_mask(out_path: Path, images: np.ndarray, picks: np.ndarray, classes: np.ndarray, margin: int,
+                          cell: int, mpp: float, mask_downsample: int) -> None:
+    """Write the pyramidal slide (``picks`` (rows, cols): image per cell, -1 white, inside a white margin of
+    ``margin`` cells) and its ``<stem>_mask.png`` (class + 1 per cell, 0 outside)."""
+    rows, cols = picks.shape
+    index = np.full((rows + 2 * margin, cols + 2 * margin), -1, np.int64)
+    index[margin:margin + rows, margin:margin + cols] = picks
+    level0 = (index.shape[1] * cell, index.shape[0] * cell)
+    write_pyramid_tiff(out_path, level0, _Renderer(images, index, cell), mpp=mpp,
+                       downsamples=pyramid_downsamples(level0))
+    mask_values = np.zeros(index.shape, np.uint8)
+    mask_values[margin:margin + rows, margin:margin + cols] = classes + 1
+    _write_png_cells(out_path.with_name(f"{out_path.stem}_mask.png"), mask_values, cell // mask_downsample)
 
 
 def _write_png_cells(path: Path, values: np.ndarray, px: int) -> None:

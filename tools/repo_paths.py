@@ -21,3 +21,10 @@ def command(script: str, argv: list[str]) -> str:
     """``python tools/<script> <args>``, every argument that names a path inside the repository made relative."""
     args = [relative(a) if os.sep in a and Path(a).is_absolute() else a for a in argv]
     return " ".join(["python", f"tools/{script}", *args])
+
+
+def header_lines(result: dict) -> list[str]:
+    """The first lines of a benchmark's ``results.md``: date, machine and the command as run."""
+    m = result["machine"]
+    return [f"Date {result['date']}, {m['cpus']} CPUs, {m['platform']}, Python {m['python']}.", "",
+            f"Command: `{result['command']}`", ""]
