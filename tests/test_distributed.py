@@ -32,8 +32,8 @@ from pathoucc.train import Trainer, lr_factor, train_run, ucc_loss_terms
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 
 
-@pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed beside this Python")
 def test_two_gloo_ranks_train_one_run_folder_like_one_process(tmp_path: Path, tiny_config: dict) -> None:
+    assert TORCHRUN.exists(), f"torchrun (installed with torch) missing beside {sys.executable}"
     tiny_config["train"] |= {"steps": 3, "snapshot_every": 1, "checkpoint_every": 3, "val_every": 3, "amp": False,
                              "num_threads": 1}
     cfg_path, run = tmp_path / "tiny.yaml", tmp_path / "run"
