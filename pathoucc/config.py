@@ -46,11 +46,15 @@ class BagsConfig(_Section):
     instances (each encoded once), so ``bags_per_batch`` can be large at little cost; unset, every bag has
     instances of its own. With regions (tiles), a step's regions hold at most this many instances in all. Regions
     larger than ``bag_size`` are subsampled only when their patch labels are known (the bag is then labelled with
-    its own count); count-only regions are always whole bags."""
+    its own count); count-only regions are always whole bags. ``region_subsets``: each region larger than
+    ``bag_size`` also gives this many random subsets of ``bag_size`` of its instances as extra bags (no extra
+    encoder cost), labelled with their own count when patch labels are known, else with the region's count as an
+    upper bound (the loss asks for ``P(ucc <= count)``); validation bags stay whole regions."""
 
     bag_size: int = Field(32, ge=1)
     bags_per_batch: int = Field(20, ge=1)
     instances_per_batch: int | None = Field(None, ge=1)
+    region_subsets: int = Field(0, ge=0)
     ucc_min: int = Field(1, ge=1)
     ucc_max: int = Field(4, ge=1)
 
@@ -76,6 +80,7 @@ class ModelConfig(_Section):
     feature_norm: bool = False
     num_bins: int = Field(11, ge=2)
     sigma: float = Field(0.1, gt=0)
+    kde_pool: Literal["mean", "mean+max"] = "mean"  # mean+max: also each bin's largest kernel value (presence)
     mlp: list[int] = Field(default_factory=lambda: [384, 192])
     decoder: bool = True
     decoder_widths: list[int] = Field(default_factory=lambda: [128, 64, 32])

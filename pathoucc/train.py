@@ -80,13 +80,30 @@ def lr_factor(cfg: Config, step: int, elapsed_s: float = 0.0) -> float:
     return _cosine(1.0, 0.0, (step - t.warmup_steps) / max(1, t.steps - t.warmup_steps))
 
 
+def ucc_nll(logits: torch.Tensor, target: torch.Tensor, upper: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-bag negative log-likelihood ``(B,)`` of ucc class ids ``target``; where ``upper`` is True the target is
+    an upper bound and the likelihood is ``P(ucc <= target)`` (a subset of a count-only region)."""
+    log_p = logits.float().log_softmax(1)
+    exact = -log_p.gather(1, target[:, None])[:, 0]
+    if upper is None or not bool(upper.any()):
+        return exact
+    allowed = torch.arange(logits.shape[1], device=logits.device) <= target[:, None]
+    bound = -log_p.masked_fill(~allowed, float("-inf")).logsumexp(1)
+    return torch.where(upper, bound, exact)
+
+
 def ucc_loss_terms(model: UCCModel, x: torch.Tensor, members: torch.Tensor, mask: torch.Tensor,
-                   ucc_target: torch.Tensor, cfg: Config) -> dict[str, torch.Tensor]:
+                   ucc_target: torch.Tensor, cfg: Config, upper: torch.Tensor | None = None,
+                   ) -> dict[str, torch.Tensor]:
     """Forward pass and the weighted loss: instances ``x`` ``(M, C, H, W)``, bags ``members``/``mask``
-    ``(B, N)`` (see :class:`~pathoucc.data.bags.BagBatch`), ``ucc_target`` ``(B,)`` class ids."""
+    ``(B, N)`` (see :class:`~pathoucc.data.bags.BagBatch`), ``ucc_target`` ``(B,)`` class ids, ``upper`` ``(B,)``
+    True where the target is an upper bound. ``ucc_acc``: the predicted class is the target (exact bags) or at
+    most the target (upper bounds)."""
     out = model(x, members, mask, chunk=cfg.train.encoder_chunk)
-    terms = {"ucc_loss": F.cross_entropy(out["logits"].float(), ucc_target)}
-    terms["ucc_acc"] = (out["logits"].argmax(1) == ucc_target).float().mean()
+    terms = {"ucc_loss": ucc_nll(out["logits"], ucc_target, upper).mean()}
+    pred = out["logits"].argmax(1)
+    hit = pred == ucc_target if upper is None else torch.where(upper, pred <= ucc_target, pred == ucc_target)
+    terms["ucc_acc"] = hit.float().mean()
     loss = cfg.loss.ucc_weight * terms["ucc_loss"]
     if "recon" in out and cfg.loss.ae_weight > 0:
         terms["recon_loss"] = F.mse_loss(out["recon"].float(), x)
@@ -119,7 +136,7 @@ class Trainer:
         try:
             seed = rank_seed(cfg.seed, self.world.rank)  # each rank its own bags; rank 0 those of one process
             self.sampler = create_bag_sampler(self.train_pool, b.bag_size, b.ucc_min, b.ucc_max, seed,
-                                              b.instances_per_batch)
+                                              b.instances_per_batch, b.region_subsets)
             val_sampler = (
                 create_bag_sampler(self.val_pool, b.bag_size, b.ucc_min, b.ucc_max, cfg.seed + 1,
                                    b.instances_per_batch)
@@ -185,18 +202,19 @@ class Trainer:
             raise PathouccError(item["error"])
         dev, target = self.device, item["ucc"] - self.cfg.bags.ucc_min
         return (to_model_input(item["images"], dev), item["members"].to(dev, non_blocking=True),
-                item["mask"].to(dev, non_blocking=True), target.to(dev, non_blocking=True))
+                item["mask"].to(dev, non_blocking=True), target.to(dev, non_blocking=True),
+                item["upper"].to(dev, non_blocking=True))
 
     def train_step(self) -> dict[str, Any]:
         """One step; returns its loss terms as detached tensors on the device (no host sync) and the lr."""
         self.model.train()
         item = next(self._feed) if self._feed is not None else self.data[self.step]
         assert item["step"] == self.step, (item["step"], self.step)
-        x, members, mask, target = self._tensors(item)
+        x, members, mask, target, upper = self._tensors(item)
         for group in self.optimizer.param_groups:
             group["lr"] = self.cfg.train.lr * lr_factor(self.cfg, self.step, self.elapsed)
         with autocast(self.device, self.amp_dtype):
-            terms = ucc_loss_terms(self.net, x, members, mask, target, self.cfg)
+            terms = ucc_loss_terms(self.net, x, members, mask, target, self.cfg, upper)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(terms["loss"]).backward()
         self.scaler.step(self.optimizer)
@@ -212,9 +230,9 @@ class Trainer:
         self.model.eval()
         totals: dict[str, float] = {}
         for batch in self.val_batches:
-            x, members, mask, target = self._tensors(batch_item(self.val_pool, batch))
+            x, members, mask, target, upper = self._tensors(batch_item(self.val_pool, batch))
             with autocast(self.device, self.amp_dtype):
-                terms = ucc_loss_terms(self.model, x, members, mask, target, self.cfg)
+                terms = ucc_loss_terms(self.model, x, members, mask, target, self.cfg, upper)
             for k, v in terms.items():
                 totals[f"val_{k}"] = totals.get(f"val_{k}", 0.0) + float(v) * len(target)
         total = sum(len(b.ucc) for b in self.val_batches)

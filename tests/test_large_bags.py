@@ -64,3 +64,51 @@ def test_ucc_range_wider_than_the_classes_is_a_config_error(tiny_config, tmp_pat
     pools["train"] = InstancePool(pools["train"].images[:300], pools["train"].labels[:300] % 5)
     with pytest.raises(PathouccError, match=r"bags.ucc_max=8 but the training instances have only 5 classes"):
         Trainer(cfg, tmp_path, pools)
+
+
+def test_subsets_of_count_only_regions_are_upper_bounds() -> None:
+    """region_subsets: each region gives its whole bag (exact count) and subsets of bag_size of its own positions,
+    labelled with the region's count as an upper bound; with patch labels, subsets get their own exact count."""
+    from pathoucc.data.bags import RegionBagSampler
+
+    region = np.repeat([0, 1, 2], [40, 12, 3])
+    labels = np.concatenate([np.repeat([0, 1], [39, 1]), np.zeros(12, int), [2, 3, 3]])
+    sampler = RegionBagSampler(region, np.array([2, 1, 2]), bag_size=8, ucc_min=1, ucc_max=3, seed=0, subsets=5)
+    batch = sampler.sample(0, 3)
+    upper = batch.is_upper
+    assert upper.sum() == 5 * sum(len(np.unique(batch.instances[batch.members[i][batch.mask[i]]])) > 8
+                                  for i in np.flatnonzero(~upper))
+    for i in np.flatnonzero(upper):
+        pos = batch.members[i][batch.mask[i]]
+        assert len(pos) == 8 and len(np.unique(pos)) == 8
+        assert len(np.unique(region[batch.instances[pos]])) == 1  # one region's instances
+        assert batch.ucc[i] == {0: 2, 1: 1}[region[batch.instances[pos[0]]]]
+    labelled = RegionBagSampler(region, np.array([2, 1, 2]), bag_size=8, ucc_min=1, ucc_max=3, seed=0,
+                                labels=labels, subsets=5).sample(0, 3)
+    assert not labelled.is_upper.any()
+    for i in range(len(labelled.ucc)):
+        own = labels[labelled.instances[labelled.members[i][labelled.mask[i]]]]
+        assert labelled.ucc[i] == len(np.unique(own))
+    # without subsets the draws are unchanged (same bags as before the option existed)
+    plain = RegionBagSampler(region, np.array([2, 1, 2]), bag_size=8, ucc_min=1, ucc_max=3, seed=0).sample(0, 3)
+    assert plain.upper is None and not plain.is_upper.any()
+
+
+def test_upper_bound_loss_is_the_probability_of_at_most_the_count() -> None:
+    from pathoucc.train import ucc_nll
+
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.0, 0.0, 3.0, 0.0]])
+    p = logits.softmax(1)
+    target = torch.tensor([1, 1])
+    nll = ucc_nll(logits, target, torch.tensor([True, False]))
+    torch.testing.assert_close(nll[0], -torch.log(p[0, :2].sum()))
+    torch.testing.assert_close(nll[1], -torch.log(p[1, 1]))
+    torch.testing.assert_close(ucc_nll(logits, target), torch.nn.functional.cross_entropy(logits, target,
+                                                                                          reduction="none"))
+
+
+def test_region_subsets_train(tiny_config, digits, tmp_path: Path) -> None:
+    cfg = config_from_dict(tiny_config | {"bags": tiny_config["bags"] | {"bags_per_batch": 2, "region_subsets": 4}})
+    trainer = Trainer(cfg, tmp_path, _region_pools(digits, [7, 60, 30]))
+    terms = trainer.train_step()
+    assert np.isfinite(float(terms["loss"])) and 0.0 <= float(terms["ucc_acc"]) <= 1.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -111,3 +113,28 @@ def test_unknown_timm_model_is_a_clear_error() -> None:
 
     with pytest.raises(PathouccError, match="no_such_net"):
         create_model(ModelConfig(backbone="no_such_net"), 2)
+
+
+def test_kde_max_pool_sees_a_single_outlier_and_respects_the_mask() -> None:
+    """mean+max: one member of 100 far from the rest moves its bin's max to 1 (the mean barely); padding is
+    ignored, so the padded bag gives its unpadded output."""
+    kde = KDE(11, 0.1, pool="mean+max")
+    bag = torch.full((1, 100, 1), 0.2)
+    bag[0, 0, 0] = 0.9
+    out = kde(bag).view(2, 11)
+    assert out[1, 9].item() == pytest.approx(1.0) and out[1, 2].item() == pytest.approx(1.0)
+    assert out[0, 9] < 0.02 and out[1, 5].item() == pytest.approx(math.exp(-4.5), rel=1e-4)
+    padded = torch.cat([bag, torch.full((1, 20, 1), 0.5)], 1)
+    mask = torch.zeros(1, 120, dtype=torch.bool)
+    mask[0, :100] = True
+    torch.testing.assert_close(kde(padded, mask), kde(bag))
+    with pytest.raises(ValueError, match="pool"):
+        KDE(11, 0.1, pool="median")
+
+
+def test_kde_pool_widens_the_classifier_input() -> None:
+    model = create_model(ModelConfig(widths=[4, 8, 16], num_features=6, mlp=[12], decoder=False,
+                                     kde_pool="mean+max"), num_ucc=3)
+    assert model.classifier[0].in_features == 2 * 6 * 11
+    out = model(torch.rand(8, 1, 28, 28), torch.arange(8).view(2, 4))
+    assert out["logits"].shape == (2, 3)

@@ -1,11 +1,13 @@
 """Peak memory of training on a cohort of tile files: streamed from HDF5 against held in RAM, 1× and 4× the data.
 
-    python tools/bench_cohort_memory.py --work bench/cohort --files 4 --patches 20000 --steps 20
+    python tools/bench_cohort_memory.py --work bench/cohort --files 4 --patches 20000 --steps 20 --encoder-chunk 100
 
 Writes ``--files`` synthetic tile files in pathoucc's layout (random 224-px RGB patches, uncompressed, regions of
 100 patches with counts 1–4; ~3 GB per file at 20 000 patches), then trains ``--steps`` steps of a small conv
 model on the first file and on all of them, each run in its own process, streamed (``data.streaming: true``)
-and, for the first file only, in RAM. Prints one JSON line per run (peak RSS from VmHWM, tile bytes, s/step).
+and, for the first file only, in RAM. A step holds 4 regions (400 patches); ``--encoder-chunk`` is
+``train.encoder_chunk`` (patches encoded at a time, activations recomputed in the backward pass; 0 = all at once).
+Prints one JSON line per run (peak RSS from VmHWM, tile bytes, s/step).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def write_tiles(path: Path, patches: int, seed: int) -> None:
                         "mpp": 0.5, "format_version": 1, "tissue_threshold": 0.5})
 
 
-def child(tiles: list[str], streaming: bool, steps: int, out: str) -> None:
+def child(tiles: list[str], streaming: bool, steps: int, chunk: int, out: str) -> None:
     from pathoucc.config import config_from_dict
     from pathoucc.train import train_run
 
@@ -60,11 +62,13 @@ def child(tiles: list[str], streaming: bool, steps: int, out: str) -> None:
         "data": {"source": "tiles", "train_tiles": tiles, "val_fraction": 0.0, "streaming": streaming},
         "bags": {"bag_size": 4, "bags_per_batch": 4, "ucc_min": 1, "ucc_max": 4},
         "model": {"backbone": "conv", "widths": [8, 16, 32], "in_chans": 3, "input_size": SIZE, "decoder": False},
-        "train": {"steps": steps, "checkpoint_every": steps, "log_every": steps, "val_every": steps},
+        "train": {"steps": steps, "checkpoint_every": steps, "log_every": steps, "val_every": steps,
+                  "encoder_chunk": chunk},
     })
     start = time.perf_counter()
     train_run(cfg, out, progress=False)
-    print(json.dumps({"files": len(tiles), "streaming": streaming, "s_per_step": (time.perf_counter() - start) / steps,
+    print(json.dumps({"files": len(tiles), "streaming": streaming, "encoder_chunk": chunk,
+                      "s_per_step": (time.perf_counter() - start) / steps,
                       "tile_gb": sum(Path(t).stat().st_size for t in tiles) / 2**30, "peak_rss_gb": peak_rss_gb()}))
 
 
@@ -74,6 +78,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=4)
     parser.add_argument("--patches", type=int, default=20_000)
     parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--encoder-chunk", type=int, default=0, help="train.encoder_chunk (0: whole step at once)")
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     paths = [args.work / f"slide{i}.h5" for i in range(args.files)]
@@ -82,7 +87,8 @@ def main() -> None:
             write_tiles(p, args.patches, i)
     runs = [([paths[0]], True), (paths, True), ([paths[0]], False)]
     for k, (tiles, streaming) in enumerate(runs):
-        cmd = [sys.executable, __file__, "--child", str(streaming), str(args.steps), str(args.work / f"run{k}"),
+        cmd = [sys.executable, __file__, "--child", str(streaming), str(args.steps), str(args.encoder_chunk),
+               str(args.work / f"run{k}"),
                *map(str, tiles)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode:
@@ -92,6 +98,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        child(sys.argv[5:], sys.argv[2] == "True", int(sys.argv[3]), sys.argv[4])
+        child(sys.argv[6:], sys.argv[2] == "True", int(sys.argv[3]), int(sys.argv[4]), sys.argv[5])
     else:
         main()

@@ -28,12 +28,20 @@ class BagBatch:
     members : (B, N) int64, the members of each bag as positions into ``instances`` (padding: 0)
     mask : (B, N) bool, True for real members (a bag of n < N members is padded with N - n False)
     ucc : (B,) int64, unique class count of each bag
+    upper : (B,) bool or None, True where ``ucc`` is only an upper bound (a subset of a count-only region: its own
+        count is at most the region's); None = every count is exact
     """
 
     instances: np.ndarray
     members: np.ndarray
     mask: np.ndarray
     ucc: np.ndarray
+    upper: np.ndarray | None = None
+
+    @property
+    def is_upper(self) -> np.ndarray:
+        """(B,) bool, True where ``ucc`` is an upper bound."""
+        return np.zeros(len(self.ucc), bool) if self.upper is None else self.upper
 
     @property
     def sizes(self) -> np.ndarray:
@@ -43,15 +51,20 @@ class BagBatch:
 
 def _pad(bags: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Whole bags of pool indices -> (instances, members, mask), every instance listed once per bag."""
+    starts = np.cumsum([0] + [len(b) for b in bags[:-1]])
+    members, mask = _pad_positions([s + np.arange(len(b)) for s, b in zip(starts, bags, strict=True)])
+    return np.concatenate(bags).astype(np.int64), members, mask
+
+
+def _pad_positions(bags: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Bags as positions into a step's instances -> padded ``members`` and ``mask`` (B, N)."""
     n = max(len(b) for b in bags)
     members = np.zeros((len(bags), n), np.int64)
     mask = np.zeros((len(bags), n), bool)
-    offset = 0
     for i, b in enumerate(bags):
-        members[i, : len(b)] = np.arange(offset, offset + len(b))
+        members[i, : len(b)] = b
         mask[i, : len(b)] = True
-        offset += len(b)
-    return np.concatenate(bags).astype(np.int64), members, mask
+    return members, mask
 
 
 def _balanced(rng: np.random.Generator, values: np.ndarray, num_bags: int) -> np.ndarray:
@@ -151,6 +164,12 @@ class RegionBagSampler:
     values; a step holds ``num_bags`` regions, or fewer when ``instances_per_batch`` would be exceeded (never
     fewer than one). Regions whose ucc lies outside [ucc_min, ucc_max] are not used; ``skipped`` counts them.
 
+    With ``subsets`` > 0, each region of more than ``bag_size`` instances also gives that many extra bags: random
+    subsets of ``bag_size`` of the region's instances, which share the region's encoded instances (no extra
+    encoder cost). Their label is their own count when patch labels are known, else the region's count as an
+    **upper bound** (``BagBatch.upper``; the loss then asks only for ``P(ucc <= count)``) -- a subset of a
+    count-only region can miss a class, never gain one.
+
     Parameters
     ----------
     bag_index : (N,) int array
@@ -159,14 +178,16 @@ class RegionBagSampler:
         Unique class count of every region.
     labels : (N,) int array or None
         Instance classes (-1 unknown), used only to count the classes of a subset.
+    subsets : int
+        Extra subset bags per region.
     """
 
     def __init__(self, bag_index: np.ndarray, bag_ucc: np.ndarray, bag_size: int, ucc_min: int = 1,
                  ucc_max: int = 4, seed: int = 0, labels: np.ndarray | None = None,
-                 instances_per_batch: int | None = None) -> None:
+                 instances_per_batch: int | None = None, subsets: int = 0) -> None:
         bag_index, bag_ucc = np.asarray(bag_index), np.asarray(bag_ucc)
         self.bag_size, self.ucc_min, self.ucc_max, self.seed = bag_size, ucc_min, ucc_max, seed
-        self.instances_per_batch = instances_per_batch
+        self.instances_per_batch, self.subsets = instances_per_batch, subsets
         self.labels = None if labels is None else np.asarray(labels)
         order = np.argsort(bag_index, kind="stable")
         bounds = np.searchsorted(bag_index[order], np.arange(len(bag_ucc) + 1))
@@ -200,34 +221,59 @@ class RegionBagSampler:
         return sum(len(r) for r in self._regions.values())
 
     def sample(self, step: int, num_bags: int) -> BagBatch:
-        """Up to ``num_bags`` region bags of ``step`` (the same for the same seed and step)."""
+        """Up to ``num_bags`` region bags of ``step`` (the same for the same seed and step), each followed by its
+        ``subsets`` subset bags."""
         rng = np.random.default_rng((self.seed, step))
-        bags, uccs, total = [], [], 0
+        parts, bags, uccs, upper, total = [], [], [], [], 0
         for u in _balanced(rng, self._values, num_bags):
             regions = self._regions[int(u)]
             bag, ucc = self._bag(rng, regions[rng.integers(len(regions))], int(u))
-            if bags and self.instances_per_batch and total + len(bag) > self.instances_per_batch:
+            if parts and self.instances_per_batch and total + len(bag) > self.instances_per_batch:
                 break
-            bags.append(bag)
+            parts.append(bag)
+            bags.append(total + np.arange(len(bag)))
             uccs.append(ucc)
+            upper.append(False)
+            for pick, own, bound in self._subsets(rng, bag, ucc):
+                bags.append(total + pick)
+                uccs.append(own)
+                upper.append(bound)
             total += len(bag)
-        instances, members, mask = _pad(bags)
-        return BagBatch(instances, members, mask, np.array(uccs, np.int64))
+        members, mask = _pad_positions(bags)
+        return BagBatch(np.concatenate(parts).astype(np.int64), members, mask, np.array(uccs, np.int64),
+                        np.array(upper) if self.subsets else None)
 
     def _bag(self, rng: np.random.Generator, members: np.ndarray, ucc: int) -> tuple[np.ndarray, int]:
-        if len(members) <= self.bag_size or self.labels is None or (self.labels[members] < 0).any():
+        if len(members) <= self.bag_size or not self._labelled(members):
             return members, ucc
         subset = rng.choice(members, self.bag_size, replace=False)
         own = len(np.unique(self.labels[subset]))
         return (subset, own) if own >= self.ucc_min else (members, ucc)
 
+    def _labelled(self, members: np.ndarray) -> bool:
+        return self.labels is not None and bool((self.labels[members] >= 0).all())
+
+    def _subsets(self, rng: np.random.Generator, bag: np.ndarray, ucc: int):
+        """``subsets`` random subsets of ``bag_size`` positions in ``bag``, each ``(positions, ucc, is_upper)``."""
+        if len(bag) <= self.bag_size:
+            return
+        labelled = self._labelled(bag)
+        for _ in range(self.subsets):
+            pick = np.sort(rng.choice(len(bag), self.bag_size, replace=False))
+            if not labelled:
+                yield pick, ucc, True
+            elif (own := len(np.unique(self.labels[bag[pick]]))) >= self.ucc_min:
+                yield pick, own, False
+
 
 def create_bag_sampler(pool, bag_size: int, ucc_min: int, ucc_max: int, seed: int,
-                       instances_per_batch: int | None = None) -> BagSampler | RegionBagSampler:
-    """Regions given by the data when the pool has them, else bags built from the instance labels."""
+                       instances_per_batch: int | None = None, region_subsets: int = 0,
+                       ) -> BagSampler | RegionBagSampler:
+    """Regions given by the data when the pool has them (with ``region_subsets`` subset bags each), else bags
+    built from the instance labels."""
     if pool.bag_index is not None and pool.bag_ucc is not None:
         return RegionBagSampler(pool.bag_index, pool.bag_ucc, bag_size, ucc_min, ucc_max, seed, pool.labels,
-                                instances_per_batch)
+                                instances_per_batch, region_subsets)
     known = pool.labels >= 0
     if not known.all():
         raise ValueError("instances without labels and without regions cannot be put into bags")

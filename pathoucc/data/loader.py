@@ -30,13 +30,14 @@ def to_model_input(images: torch.Tensor, device: torch.device | str) -> torch.Te
 
 
 def batch_item(pool, batch: BagBatch, augment=None) -> dict[str, Any]:
-    """A step's ``images`` ``(M, H, W, C)`` uint8, ``members``/``mask`` ``(B, N)`` and ``ucc`` ``(B,)`` as tensors
-    (``augment``, already seeded, applied to each image)."""
+    """A step's ``images`` ``(M, H, W, C)`` uint8, ``members``/``mask`` ``(B, N)``, ``ucc`` and ``upper`` ``(B,)``
+    as tensors (``augment``, already seeded, applied to each image)."""
     images = pool.read(batch.instances)
     if augment is not None:
         images = np.stack([augment(image=im)["image"] for im in images])
     return {"images": torch.from_numpy(np.ascontiguousarray(images)), "members": torch.from_numpy(batch.members),
-            "mask": torch.from_numpy(batch.mask), "ucc": torch.from_numpy(batch.ucc)}
+            "mask": torch.from_numpy(batch.mask), "ucc": torch.from_numpy(batch.ucc),
+            "upper": torch.from_numpy(batch.is_upper)}
 
 
 class StepDataset(Dataset):

@@ -29,5 +29,5 @@ def create_model(cfg: ModelConfig, num_ucc: int) -> UCCModel:
     if cfg.decoder:
         decoder = ConvDecoder(cfg.num_features, cfg.in_chans, cfg.input_size, tuple(cfg.decoder_widths),
                               cfg.decoder_residual)
-    return UCCModel(encoder, cfg.num_features, KDE(cfg.num_bins, cfg.sigma), list(cfg.mlp), num_ucc, decoder,
-                    cfg.feature_norm)
+    kde = KDE(cfg.num_bins, cfg.sigma, cfg.kde_pool)
+    return UCCModel(encoder, cfg.num_features, kde, list(cfg.mlp), num_ucc, decoder, cfg.feature_norm)

@@ -39,7 +39,7 @@ class UCCModel(nn.Module):
         self.head_norm = nn.BatchNorm1d(num_features) if feature_norm else nn.Identity()
         self.kde = kde
         layers: list[nn.Module] = []
-        width = num_features * kde.num_bins
+        width = kde.out_features(num_features)
         for h in mlp:
             layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
             width = h
