@@ -100,7 +100,7 @@ def write_markdown(r: dict, path: Path) -> None:
 
 
 def _label(r: dict) -> str:
-    return ", ".join(r.get("overrides") or []) or "config as committed"
+    return ", ".join(r.get("overrides") or []) or "kde_pool=mean, as committed"
 
 
 def plot(r: dict, path: Path, baseline: dict | None = None) -> None:
