@@ -49,7 +49,8 @@ class BagsConfig(_Section):
     its own count); count-only regions are always whole bags. ``region_subsets``: each region larger than
     ``bag_size`` also gives this many random subsets of ``bag_size`` of its instances as extra bags (no extra
     encoder cost), labelled with their own count when patch labels are known, else with the region's count as an
-    upper bound (the loss asks for ``P(ucc <= count)``); validation bags stay whole regions."""
+    upper bound (the loss asks for ``P(ucc <= count)``); validation bags stay whole regions. On count-only regions
+    the bound was measured to hurt (it rewards merging classes; docs/benchmarks.md), hence 0 by default."""
 
     bag_size: int = Field(32, ge=1)
     bags_per_batch: int = Field(20, ge=1)

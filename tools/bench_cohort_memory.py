@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -87,6 +88,7 @@ def main() -> None:
             write_tiles(p, args.patches, i)
     runs = [([paths[0]], True), (paths, True), ([paths[0]], False)]
     for k, (tiles, streaming) in enumerate(runs):
+        shutil.rmtree(args.work / f"run{k}", ignore_errors=True)  # a run folder of an earlier benchmark run
         cmd = [sys.executable, __file__, "--child", str(streaming), str(args.steps), str(args.encoder_chunk),
                str(args.work / f"run{k}"),
                *map(str, tiles)]
