@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 from datetime import date
@@ -25,11 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
 from bench_mnist import run_child  # noqa: E402
-from repo_paths import command, header_lines, relative  # noqa: E402
-
-
-def _machine() -> dict:
-    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+from repo_paths import command, header_lines, machine, relative  # noqa: E402
 
 
 def _config(path: Path, overrides: list[str]) -> dict:
@@ -145,7 +139,7 @@ def main() -> None:
                         help="config override a.b=value applied to every run (e.g. model.sigma=0.05)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    result = {"date": date.today().isoformat(), "machine": _machine(),
+    result = {"date": date.today().isoformat(), "machine": machine(),
               "command": command("bench_bags.py", sys.argv[1:])}
     result |= seeds(args) if args.mode == "seeds" else sweep(args)
     (args.out / "results.json").write_text(json.dumps(result, indent=2))

@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import sys
 import time
 import warnings
@@ -27,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from repo_paths import command  # noqa: E402
+from repo_paths import command, machine  # noqa: E402
 
 
 def images_per_s(fn, x: torch.Tensor, repeats: int) -> float:
@@ -74,8 +72,7 @@ def main() -> None:
     if args.out:
         args.out.write_text(json.dumps({"date": date.today().isoformat(),
                                         "command": command("bench_bf16_paths.py", sys.argv[1:]),
-                                        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                                                    "torch": torch.__version__},
+                                        "machine": machine(),
                                         "batch": args.batch, "repeats": args.repeats, "paths": rows}, indent=2) + "\n")
 
 

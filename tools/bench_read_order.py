@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -27,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from repo_paths import command, relative  # noqa: E402
+from repo_paths import command, machine, relative  # noqa: E402
 
 
 def region_major_copy(src: Path, dst: Path) -> None:
@@ -95,7 +93,7 @@ def main() -> None:
             print(json.dumps(row), flush=True)
             rows.append(row)
     result = {"date": date.today().isoformat(), "command": command("bench_read_order.py", sys.argv[1:]),
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+              "machine": machine(),
               "tiles": relative(args.tiles), "steps": args.steps, "regions_per_step": args.regions_per_step,
               "runs": rows}
     if args.out:

@@ -23,10 +23,7 @@ JSON to ``--out`` (default ``<run>/results.json``) and prints a summary.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import platform
 import resource
 import shutil
 import sys
@@ -39,21 +36,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from repo_paths import command, relative  # noqa: E402
+from repo_paths import command, machine, relative  # noqa: E402
 
 SLIDES = {"train": ("train", 1), "val": ("train", 3), "test": ("test", 2)}  # name: (MNIST split, seed)
 CLASSES = [str(c) for c in range(10)]
-
-
-def machine() -> dict:
-    import torch
-
-    cpu = platform.processor()
-    with contextlib.suppress(OSError, StopIteration):
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "platform": platform.platform(), "device": "cuda" if torch.cuda.is_available() else "cpu"}
 
 
 def region_stats(tiles_path: Path) -> dict:

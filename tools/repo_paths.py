@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import platform
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,3 +30,15 @@ def header_lines(result: dict) -> list[str]:
     m = result["machine"]
     return [f"Date {result['date']}, {m['cpus']} CPUs, {m['platform']}, Python {m['python']}.", "",
             f"Command: `{result['command']}`", ""]
+
+
+def machine() -> dict:
+    """What a benchmark ran on: CPU model and count, platform, Python, torch and its device."""
+    import torch
+
+    cpu = platform.processor()
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "platform": platform.platform(), "device": "cuda" if torch.cuda.is_available() else "cpu"}
