@@ -8,6 +8,7 @@ The public API, one name per stage (see docs/architecture.md)::
     load_config, Config, train_run             4 training into a run folder
     load_run                                   the run folder: config and trained model
     extract_features, ClusterModel, cluster_run   5 features and the run's k-means
+    refine_run, count_consistent_labels        5 self-training on count-consistent pseudo-labels
     evaluate_run, evaluate_raw_pixels          6 held-out scores
     segment_run, SegmentOptions                6 cluster maps of slides
 
@@ -28,7 +29,8 @@ _EXPORTS = {
     "open_tiles": "pathoucc.slides.tilefile", "InstancePool": "pathoucc.data.pool",
     "load_pools": "pathoucc.data.sources", "create_model": "pathoucc.models", "UCCModel": "pathoucc.models",
     "load_run": "pathoucc.run", "train_run": "pathoucc.train", "extract_features": "pathoucc.features",
-    "ClusterModel": "pathoucc.kmeans", "cluster_run": "pathoucc.kmeans", "evaluate_run": "pathoucc.evaluate",
+    "ClusterModel": "pathoucc.kmeans", "cluster_run": "pathoucc.kmeans", "refine_run": "pathoucc.refine",
+    "count_consistent_labels": "pathoucc.refine", "evaluate_run": "pathoucc.evaluate",
     "evaluate_raw_pixels": "pathoucc.evaluate", "segment_run": "pathoucc.segment",
 }
 __all__ = ["__version__", *_EXPORTS]

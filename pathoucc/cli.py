@@ -45,7 +45,7 @@ def train(
     set_: Overrides = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last checkpoint")] = False,
 ) -> None:
-    """Train a UCC model on bags, then evaluate its clustering."""
+    """Train a UCC model on bags (then refine it, with refine.steps), then evaluate its clustering."""
     from pathoucc.distributed import is_main_process
     from pathoucc.evaluate import evaluate_run
     from pathoucc.runtime import select_device
@@ -53,8 +53,16 @@ def train(
 
     cfg = load_config(config, set_ or [])
     run = train_run(cfg, out or Path("runs") / config.stem, resume=resume, progress=sys.stderr.isatty())
-    if not is_main_process():  # under torchrun only rank 0 scores the run
+    if not is_main_process():  # under torchrun only rank 0 refines and scores the run
         return
+    if cfg.refine.steps:
+        from pathoucc.refine import refine_run
+
+        summary = refine_run(run, progress=sys.stderr.isatty())
+        last = summary["rounds"][-1]
+        typer.echo(f"refined: {len(summary['rounds'])} round(s) of {cfg.refine.steps} steps on count-consistent "
+                   f"pseudo-labels ({last['changed_by_counts']:.1%} changed by the counts in the last round) -> "
+                   f"{run / 'model.pt'} (the UCC model: model-ucc.pt)")
     result = evaluate_run(run, device=select_device(cfg.train.device))
     print_scores({f"{cfg.name} ({result['split']})": result})
 

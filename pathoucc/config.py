@@ -127,6 +127,18 @@ class EvalConfig(_Section):
     amp: bool = True
 
 
+class RefineConfig(_Section):
+    """Count-consistent self-training after the UCC training (:mod:`pathoucc.refine`; ``steps`` 0 = off). Each of
+    ``rounds`` rounds clusters the training patches' features, corrects the clusters of every count-labelled
+    region to its count, and fine-tunes the encoder on them for ``steps`` steps of ``batch_size`` patches (Adam at
+    ``lr``, cosine to 0). Needs regions with counts: ``data.source: tiles``."""
+
+    steps: int = Field(0, ge=0)
+    rounds: int = Field(1, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(256, ge=2)
+
+
 class Config(_Section):
     """A whole run. ``seed`` makes it reproducible on the same machine."""
 
@@ -138,6 +150,14 @@ class Config(_Section):
     loss: LossConfig = Field(default_factory=LossConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    refine: RefineConfig = Field(default_factory=RefineConfig)
+
+    @model_validator(mode="after")
+    def _refine_needs_regions(self) -> Config:
+        if self.refine.steps and self.data.source != "tiles":
+            raise ValueError("refine.steps needs count-labelled regions: data.source must be tiles "
+                             f"(got {self.data.source!r}); set refine.steps: 0")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

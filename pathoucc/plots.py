@@ -1,4 +1,4 @@
-"""Plots people would rather look at than read: training curves."""
+"""Plots people would rather look at than read: training curves, refinement curves."""
 
 from __future__ import annotations
 
@@ -30,6 +30,31 @@ def plot_training_curves(metrics_jsonl: str | Path, out_png: str | Path) -> None
         ax.set_xlabel("step")
         ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def plot_refine_curves(refine_jsonl: str | Path, out_png: str | Path) -> None:
+    """Plot the refinement's pseudo-label loss (``refine.jsonl``) against the step, one line per round."""
+    import matplotlib  # heavy: imported on use
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in Path(refine_jsonl).read_text().splitlines() if line.strip()]
+    if not records:
+        return
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for rnd in sorted({r["round"] for r in records}):
+        pts = [(r["step"], r["loss"]) for r in records if r["round"] == rnd]
+        ax.plot(*zip(*pts, strict=True), "-", label=f"round {rnd}")
+    ax.set_title("refinement: cross-entropy on count-consistent pseudo-labels", fontsize=9)
+    ax.set_xlabel("step")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(out_png) as tmp:
         fig.savefig(tmp, dpi=100, format="png")

@@ -3,8 +3,10 @@
 A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (training metrics per step),
 ``training_curves.png``, ``train.log``, ``checkpoint.pt`` (everything needed to resume), ``model.pt`` (the final
 weights and their config), ``metrics.json`` (clustering scores), ``snapshots/step-NNNNNNN.pt`` (optional weight
-snapshots) and ``kmeans-k{K}.npz`` (the run's k-means, fitted once and shared by every slide). Every ``.pt`` file
-is read by :func:`read_weights` (through :func:`pathoucc.files.read_torch`, the one ``torch.load``).
+snapshots) and ``kmeans-k{K}.npz`` (the run's k-means, fitted once and shared by every slide). With
+``refine.steps``, ``model.pt`` holds the refined weights, ``model-ucc.pt`` those of the UCC training, and
+``refine.jsonl`` / ``refine.json`` / ``refine_curves.png`` the refinement's log, summary and plot. Every ``.pt``
+file is read by :func:`read_weights` (through :func:`pathoucc.files.read_torch`, the one ``torch.load``).
 """
 
 from __future__ import annotations
@@ -21,25 +23,34 @@ from pathoucc.files import read_torch, write_torch
 from pathoucc.models import UCCModel, create_model
 
 __all__ = [
-    "CHECKPOINT", "CONFIG", "CURVES", "LOG", "METRICS", "METRICS_LOG", "MODEL", "RESUMABLE", "SNAPSHOTS",
-    "check_resume_config", "config_diff", "kmeans_path", "load_checkpoint", "load_run", "read_weights", "save_model",
+    "CHECKPOINT", "CONFIG", "CURVES", "LOG", "METRICS", "METRICS_LOG", "MODEL", "MODEL_UCC", "REFINE", "REFINE_CURVES",
+    "REFINE_LOG", "RESUMABLE", "SNAPSHOTS", "check_resume_config", "clear_weight_outputs",
+    "config_diff", "kmeans_path", "load_checkpoint", "load_run", "read_weights", "save_model",
     "save_weights", "snapshot_path",
 ]
 
 CONFIG = "config.yaml"
 CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
+MODEL_UCC = "model-ucc.pt"
+REFINE = "refine.json"
+REFINE_LOG = "refine.jsonl"
+REFINE_CURVES = "refine_curves.png"
 METRICS_LOG = "metrics.jsonl"
 METRICS = "metrics.json"
 CURVES = "training_curves.png"
 LOG = "train.log"
 SNAPSHOTS = "snapshots"
 
-# What ``--resume`` may change: the step and time budget (which set where the learning-rate schedule ends) and how
-# often things are logged or saved. Everything else must equal the run's config, or its model would no longer be
-# what its config.yaml says. How data reach the model (streamed or in memory, by how many workers) changes no number.
+# What ``--resume`` may change: the step and time budget (which set where the learning-rate schedule ends), how
+# often things are logged or saved, and the refinement. Everything else must equal the run's config, or its model
+# would no longer be what its config.yaml says. How data reach the model (streamed or in memory, by how many
+# workers) changes no number.
 RESUMABLE = ("train.steps", "train.max_minutes", "train.log_every", "train.val_every", "train.checkpoint_every",
-             "train.snapshot_every", "data.streaming", "data.num_workers")
+             "train.snapshot_every", "data.streaming", "data.num_workers",
+             # the refinement starts again from the trained UCC model on every --resume: a finished run can be
+             # refined (again) with other settings, and model.pt is what the new config says
+             "refine.steps", "refine.rounds", "refine.lr", "refine.batch_size")
 
 
 def kmeans_path(run_dir: str | Path, k: int) -> Path:
@@ -80,10 +91,22 @@ def save_model(model: UCCModel, cfg: Config, path: str | Path) -> None:
                   "num_ucc": cfg.bags.ucc_max - cfg.bags.ucc_min + 1}, path)
 
 
-def load_run(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[Config, UCCModel]:
-    """The config and trained model (in eval mode, on ``device``) of a run folder."""
+def clear_weight_outputs(run_dir: str | Path) -> list[str]:
+    """Remove what earlier final weights left in ``run_dir`` (``model.pt``, ``model-ucc.pt``, the refinement's
+    outputs, ``kmeans-k*.npz``) before new ones are written; returns the names removed."""
     run_dir = Path(run_dir)
-    path = run_dir / MODEL
+    names = [MODEL, MODEL_UCC, REFINE, REFINE_LOG, REFINE_CURVES]
+    found = [p for p in [*(run_dir / n for n in names), *sorted(run_dir.glob("kmeans-k*.npz"))] if p.exists()]
+    for path in found:
+        path.unlink()
+    return [p.name for p in found]
+
+
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu", file: str = MODEL) -> tuple[Config, UCCModel]:
+    """The config and trained model (in eval mode, on ``device``) of a run folder: ``model.pt``, or ``file``
+    (e.g. ``model-ucc.pt``, the UCC model of a refined run)."""
+    run_dir = Path(run_dir)
+    path = run_dir / file
     if not run_dir.is_dir():
         raise PathouccError("run folder not found", run_dir)
     if not path.is_file():

@@ -34,7 +34,9 @@ from pathoucc.run import (
     LOG,
     METRICS_LOG,
     MODEL,
+    MODEL_UCC,
     check_resume_config,
+    clear_weight_outputs,
     load_checkpoint,
     save_model,
     save_weights,
@@ -326,7 +328,11 @@ def train_run(cfg: Config, run_dir: str | Path, resume: bool = False, progress: 
         save_config(cfg, run_dir / CONFIG)
     trainer.fit(progress=progress)
     if w.main:
-        save_model(trainer.model, cfg, run_dir / MODEL)
+        removed = clear_weight_outputs(run_dir)  # k-means and refinement of earlier weights are stale now
+        if removed:
+            log.info("removed %s (derived from earlier weights)", ", ".join(removed))
+        # with refine.steps, pathoucc.refine.refine_run turns model-ucc.pt into model.pt
+        save_model(trainer.model, cfg, run_dir / (MODEL_UCC if cfg.refine.steps else MODEL))
         plot_training_curves(run_dir / METRICS_LOG, run_dir / CURVES)
     w.finish()
     return run_dir

@@ -10,7 +10,8 @@
    tens to hundreds of patches each.
 2. ``pathoucc tile SLIDE --geojson SLIDE_regions.geojson --classes 0,...,9 --patch-size 32 --level 0``: patches
    of tissue only (glass is not tiled), each count-only region one bag; no patch labels.
-3. ``pathoucc train configs/digit-slide.yaml`` on the training tiles: every count-only region is one whole bag.
+3. ``pathoucc train configs/digit-slide.yaml`` on the training tiles: every count-only region is one whole bag;
+   then (``refine.steps``) the count-consistent refinement (``pathoucc.refine``) on the same regions' counts.
 4. ``pathoucc segment RUN train.h5 EVAL.h5 --mask FOLDER``: the shared k-means (fitted on the training tiles)
    labels every patch; patches and the map are scored against each slide's ground-truth mask. The training slide's
    score is a training-data score; the held-out number is the TEST slide's (``--eval test``). ``--eval val``
@@ -79,6 +80,7 @@ def main() -> None:
     from make_digit_slide import make_blob_digit_slide
 
     from pathoucc.config import SegmentOptions, load_config
+    from pathoucc.refine import refine_run
     from pathoucc.segment import segment_run
     from pathoucc.slides.tiler import tile_slides
     from pathoucc.train import train_run
@@ -117,6 +119,9 @@ def main() -> None:
             shutil.rmtree(args.run)
         start = time.perf_counter()
         train_run(cfg, args.run, resume=(args.run / "checkpoint.pt").exists(), progress=sys.stderr.isatty())
+        timings["train_ucc_s"] = time.perf_counter() - start
+        if cfg.refine.steps:
+            refine_run(args.run, progress=sys.stderr.isatty())
         timings["train_s"] = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -147,6 +152,8 @@ def main() -> None:
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2),
         "training_log": history,  # validation rows of metrics.jsonl (held-out regions of the train slide) + last row
+        **({"refine": json.loads((args.run / "refine.json").read_text())}
+           if (args.run / "refine.json").exists() else {}),
     }
     out = args.out or args.run / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
