@@ -4,58 +4,66 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from pathoucc.files import atomic_path
 
 
-def plot_training_curves(metrics_jsonl: str | Path, out_png: str | Path) -> None:
-    """Plot every logged metric of a run (``metrics.jsonl``) against the step, one panel per metric."""
-    import matplotlib  # heavy: imported on use
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (heavy: imported on use)."""
+    import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    records = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
+    return plt
+
+
+def _records(jsonl: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in Path(jsonl).read_text().splitlines() if line.strip()]
+
+
+def _save(fig, out_png: str | Path) -> None:
+    """Lay out, write atomically, close."""
+    fig.tight_layout()
+    with atomic_path(out_png) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    _pyplot().close(fig)
+
+
+def _style(ax, title: str, fontsize: float | None = None) -> None:
+    ax.set_title(title, fontsize=fontsize)
+    ax.set_xlabel("step")
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
+def plot_training_curves(metrics_jsonl: str | Path, out_png: str | Path) -> None:
+    """Plot every logged metric of a run (``metrics.jsonl``) against the step, one panel per metric."""
+    records = _records(metrics_jsonl)
     keys = [k for k in dict.fromkeys(k for r in records for k in r) if k not in ("step", "elapsed_s", "lr")]
     if not keys:
         return
     pairs = sorted({k.removeprefix("val_") for k in keys})
-    fig, axes = plt.subplots(1, len(pairs), figsize=(4 * len(pairs), 3.2), squeeze=False)
+    fig, axes = _pyplot().subplots(1, len(pairs), figsize=(4 * len(pairs), 3.2), squeeze=False)
     for ax, key in zip(axes[0], pairs, strict=True):
         for name, style in ((key, "-"), (f"val_{key}", "o-")):
             pts = [(r["step"], r[name]) for r in records if name in r]
             if pts:
                 ax.plot(*zip(*pts, strict=True), style, label=name, markersize=3)
-        ax.set_title(key)
-        ax.set_xlabel("step")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+        _style(ax, key)
+    _save(fig, out_png)
 
 
 def plot_refine_curves(refine_jsonl: str | Path, out_png: str | Path) -> None:
     """Plot the refinement's pseudo-label loss (``refine.jsonl``) against the step, one line per round."""
-    import matplotlib  # heavy: imported on use
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in Path(refine_jsonl).read_text().splitlines() if line.strip()]
+    records = _records(refine_jsonl)
     if not records:
         return
-    fig, ax = plt.subplots(figsize=(5, 3.2))
+    fig, ax = _pyplot().subplots(figsize=(5, 3.2))
     for rnd in sorted({r["round"] for r in records}):
         pts = [(r["step"], r["loss"]) for r in records if r["round"] == rnd]
         ax.plot(*zip(*pts, strict=True), "-", label=f"round {rnd}")
-    ax.set_title("refinement: cross-entropy on count-consistent pseudo-labels", fontsize=9)
-    ax.set_xlabel("step")
     ax.set_yscale("log")
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(out_png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    _style(ax, "refinement: cross-entropy on count-consistent pseudo-labels", fontsize=9)
+    _save(fig, out_png)

@@ -13,6 +13,8 @@ from slide_fixtures import CELL, digit_slide
 
 from pathoucc.config import ModelConfig, config_from_dict
 from pathoucc.data.pool import InstancePool
+from pathoucc.data.sources import load_pools
+from pathoucc.data.stream import StreamingPool
 from pathoucc.errors import PathouccError
 from pathoucc.features import extract_features
 from pathoucc.kmeans import fit_kmeans
@@ -23,7 +25,7 @@ from pathoucc.run import read_weights
 from pathoucc.slides.tiler import tile_slide
 from pathoucc.train import train_run
 
-__all__ = ["digit_slide"]  # the fixture is used by name
+__all__ = ["digit_slide"]  # the fixture is used by name (by region_tiles)
 
 
 def _distances(nearest: list[int], k: int = 3) -> np.ndarray:
@@ -123,9 +125,34 @@ def test_refine_in_config_needs_tiles() -> None:
         config_from_dict({"refine": {"round": 2}})
 
 
-def test_a_refined_run_keeps_the_ucc_model_and_repeats_exactly(digit_slide, tmp_path: Path) -> None:
-    tiles = tile_slide(digit_slide["slide"], tmp_path / "tiles", patch_size=CELL, stride=CELL, level=0,
-                       region_size=4 * CELL, annotations=digit_slide["mask"], workers=1)
+@pytest.fixture(scope="module")
+def region_tiles(digit_slide, tmp_path_factory) -> Path:
+    """The digit slide tiled with 4 x 4-patch regions labelled from its mask."""
+    return tile_slide(digit_slide["slide"], tmp_path_factory.mktemp("refine") / "tiles", patch_size=CELL,
+                      stride=CELL, level=0, region_size=4 * CELL, annotations=digit_slide["mask"], workers=1)
+
+
+def test_refinement_streams_tiles_exactly_as_in_memory(region_tiles: Path) -> None:
+    weights = []
+    for streaming in (False, True):
+        cfg = config_from_dict({
+            "seed": 1, "data": {"source": "tiles", "train_tiles": [str(region_tiles)], "streaming": streaming,
+                                "augment": [{"name": "HorizontalFlip", "p": 0.5}]},
+            "model": {"backbone": "conv", "widths": [8], "in_chans": 3, "input_size": CELL, "num_features": 4,
+                      "mlp": [4]},
+            "train": {"amp": False}, "eval": {"n_init": 1}, "refine": {"steps": 4, "batch_size": 16},
+        })
+        pool = load_pools(cfg.data, ("train",))["train"]
+        assert isinstance(pool, StreamingPool) == streaming
+        torch.manual_seed(0)
+        model = create_model(cfg.model, 4)
+        refine_model(model, cfg, pool, k=3)
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_a_refined_run_keeps_the_ucc_model_and_repeats_exactly(region_tiles: Path, tmp_path: Path) -> None:
+    tiles = region_tiles
     cfg = config_from_dict({
         "name": "refined", "seed": 0,
         "data": {"source": "tiles", "train_tiles": [str(tiles)], "val_fraction": 0.2},
