@@ -4,7 +4,6 @@ that learns them, and its place in a run (model-ucc.pt / model.pt, the same resu
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +11,8 @@ import pytest
 import torch
 import yaml
 from slide_fixtures import CELL, digit_slide
+from test_cli import _one_line_error, run_cli
 
-from pathoucc.cli import main
 from pathoucc.config import ModelConfig, config_from_dict
 from pathoucc.data.pool import InstancePool
 from pathoucc.data.sources import load_pools
@@ -194,14 +193,6 @@ def test_a_refined_run_keeps_the_ucc_model_and_repeats_exactly(region_tiles: Pat
         refine_run(run)
 
 
-def _cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["pathoucc", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code or 0, captured.out, captured.err
-
-
 def test_cli_train_refines_and_re_refines_on_resume(monkeypatch, capsys, region_tiles: Path,
                                                      tmp_path: Path) -> None:
     config = tmp_path / "slides.yaml"
@@ -217,16 +208,16 @@ def test_cli_train_refines_and_re_refines_on_resume(monkeypatch, capsys, region_
         "refine": {"steps": 6, "batch_size": 16},
     }))
     run = tmp_path / "run"
-    code, out, _ = _cli(monkeypatch, capsys, "train", str(config), "--out", str(run))
+    code, out, _ = run_cli(monkeypatch, capsys, "train", str(config), "--out", str(run))
     assert code == 0 and "refined: 1 round(s) of 6 steps" in out and "clustering" in out
     assert (run / "model.pt").is_file() and (run / "model-ucc.pt").is_file()
-    code, out, _ = _cli(monkeypatch, capsys, "train", str(config), "--out", str(run), "--resume",
+    code, out, _ = run_cli(monkeypatch, capsys, "train", str(config), "--out", str(run), "--resume",
                         "--set", "refine.rounds=2")
     assert code == 0 and "refined: 2 round(s) of 6 steps" in out
     assert len(json.loads((run / "refine.json").read_text())["rounds"]) == 2
     assert yaml.safe_load((run / "config.yaml").read_text())["refine"]["rounds"] == 2
     # refinement needs count-labelled regions: refused before any training, in one line
     config.write_text(yaml.safe_dump({"data": {"source": "mnist"}, "refine": {"steps": 5}}))
-    code, _, err = _cli(monkeypatch, capsys, "train", str(config), "--out", str(tmp_path / "no"))
-    assert code == 2 and err.count("\n") == 1 and "refine.steps needs count-labelled regions" in err
-    assert "slides.yaml" in err and not (tmp_path / "no").exists()
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(config), "--out", str(tmp_path / "no"))
+    assert code == 2 and not (tmp_path / "no").exists()
+    _one_line_error(err, "slides.yaml", "refine.steps needs count-labelled regions")
