@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from pathoucc.config import Config
-from pathoucc.data.augment import build_augment, reseed_augment
+from pathoucc.data.augment import augment_images, build_augment, reseed_augment
 from pathoucc.data.loader import to_model_input
 from pathoucc.data.pool import InstancePool
 from pathoucc.data.sources import load_pools
@@ -46,7 +46,7 @@ from pathoucc.kmeans import MAX_FIT_PATCHES, ClusterModel, default_k, fit_kmeans
 from pathoucc.metrics import clustering_accuracy
 from pathoucc.models import UCCModel
 from pathoucc.plots import plot_refine_curves
-from pathoucc.run import MODEL, MODEL_UCC, REFINE, REFINE_CURVES, REFINE_LOG, load_run, save_model
+from pathoucc.run import MODEL, MODEL_UCC, REFINE, REFINE_CURVES, REFINE_LOG, clear_weight_outputs, load_run, save_model
 from pathoucc.runtime import autocast, autocast_dtype, progress_bar, select_device
 
 __all__ = ["count_consistent_labels", "refine_model", "refine_run"]
@@ -87,16 +87,15 @@ def count_consistent_labels(distances: np.ndarray, region: np.ndarray, region_uc
 
 
 def _cluster(model: UCCModel, pool: InstancePool | StreamingPool, cfg: Config, k: int, index: np.ndarray,
-             device: torch.device) -> tuple[np.ndarray, np.ndarray]:
-    """Features' k-means (fitted on at most MAX_FIT_PATCHES of ``index``, seeded): distances ``(len(index), k)``
-    and the nearest cluster of each patch of ``index``."""
+             device: torch.device) -> np.ndarray:
+    """Squared distances ``(len(index), k)`` of the patches ``index`` to the centres of the features' k-means
+    (fitted on at most MAX_FIT_PATCHES of them, seeded)."""
     features = extract_features(model, pool, cfg.eval.batch_size, device, index=index,
                                 dtype=inference_dtype(cfg, device))
     fit = np.arange(len(index)) if len(index) <= MAX_FIT_PATCHES else np.sort(
         np.random.default_rng(cfg.seed).choice(len(index), MAX_FIT_PATCHES, replace=False))
     km = fit_kmeans(features[fit], k, cfg.seed, cfg.eval.n_init)
-    distances = ClusterModel(km.cluster_centers_.astype(np.float32)).distances(features)
-    return distances, distances.argmin(1)
+    return ClusterModel(km.cluster_centers_.astype(np.float32)).distances(features)
 
 
 def refine_model(model: UCCModel, cfg: Config, pool: InstancePool | StreamingPool, k: int,
@@ -124,8 +123,9 @@ def refine_model(model: UCCModel, cfg: Config, pool: InstancePool | StreamingPoo
         for rnd in range(r.rounds):
             start = time.perf_counter()
             model.eval()
-            distances, nearest = _cluster(model, pool, cfg, k, index, device)
+            distances = _cluster(model, pool, cfg, k, index, device)
             labels = count_consistent_labels(distances, pool.bag_index[index], pool.bag_ucc)
+            nearest = distances.argmin(1)
             summary: dict[str, Any] = {"round": rnd + 1, "patches": len(index),
                                        "changed_by_counts": float(np.mean(labels != nearest))}
             if known.any():
@@ -160,11 +160,8 @@ def _fine_tune(model: UCCModel, pool: InstancePool | StreamingPool, index: np.nd
             for group in optimizer.param_groups:
                 group["lr"] = r.lr * 0.5 * (1.0 + math.cos(math.pi * step / r.steps))
             pick = np.sort(rng.choice(len(index), batch, replace=False))
-            images = pool.read(index[pick])
-            if augment is not None:
-                reseed_augment(augment, cfg.seed + 1000 * (rnd + 1), step)
-                images = np.stack([augment(image=im)["image"] for im in images])
-            x = to_model_input(torch.from_numpy(np.ascontiguousarray(images)), device)
+            reseed_augment(augment, cfg.seed + 1000 * (rnd + 1), step)
+            x = to_model_input(torch.from_numpy(augment_images(pool.read(index[pick]), augment)), device)
             target = torch.from_numpy(labels[pick]).to(device)
             with autocast(device, amp_dtype):
                 logits = classifier(model.extract_features(x))
@@ -198,8 +195,7 @@ def refine_run(run_dir: str | Path, progress: bool = False) -> dict[str, Any]:
     model.to(device)
     pool = load_pools(cfg.data, ("train",))["train"]
     k = cfg.eval.k or default_k(cfg)
-    for path in [run_dir / MODEL, *run_dir.glob("kmeans-k*.npz")]:  # from earlier weights
-        path.unlink(missing_ok=True)
+    clear_weight_outputs(run_dir, keep=(MODEL_UCC,))  # model.pt, k-means and refinement of earlier weights
     summary = refine_model(model, cfg, pool, k, device, run_dir / REFINE_LOG, progress)
     write_json(run_dir / REFINE, summary)
     plot_refine_curves(run_dir / REFINE_LOG, run_dir / REFINE_CURVES)

@@ -91,11 +91,11 @@ def save_model(model: UCCModel, cfg: Config, path: str | Path) -> None:
                   "num_ucc": cfg.bags.ucc_max - cfg.bags.ucc_min + 1}, path)
 
 
-def clear_weight_outputs(run_dir: str | Path) -> list[str]:
+def clear_weight_outputs(run_dir: str | Path, keep: tuple[str, ...] = ()) -> list[str]:
     """Remove what earlier final weights left in ``run_dir`` (``model.pt``, ``model-ucc.pt``, the refinement's
-    outputs, ``kmeans-k*.npz``) before new ones are written; returns the names removed."""
+    outputs, ``kmeans-k*.npz``; not the names in ``keep``) before new ones are written; returns the names removed."""
     run_dir = Path(run_dir)
-    names = [MODEL, MODEL_UCC, REFINE, REFINE_LOG, REFINE_CURVES]
+    names = [n for n in (MODEL, MODEL_UCC, REFINE, REFINE_LOG, REFINE_CURVES) if n not in keep]
     found = [p for p in [*(run_dir / n for n in names), *sorted(run_dir.glob("kmeans-k*.npz"))] if p.exists()]
     for path in found:
         path.unlink()

@@ -11,7 +11,7 @@ import numpy as np
 
 from pathoucc.errors import PathouccError
 
-__all__ = ["build_augment", "reseed_augment", "step_seed"]
+__all__ = ["augment_images", "build_augment", "reseed_augment", "step_seed"]
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -23,6 +23,13 @@ def reseed_augment(augment, seed: int, step: int) -> None:
     """Seed every transform of ``augment`` (a ``Compose``; None is a no-op) for ``step`` of a run seeded ``seed``."""
     if augment is not None:
         augment.set_random_seed(step_seed(seed, step))
+
+
+def augment_images(images: np.ndarray, augment) -> np.ndarray:
+    """``augment`` (already seeded; None: no change) applied to each image of ``(n, H, W, C)`` uint8; contiguous."""
+    if augment is not None:
+        images = np.stack([augment(image=im)["image"] for im in images])
+    return np.ascontiguousarray(images)
 
 
 def build_augment(specs: list[dict[str, Any]], seed: int = 0):

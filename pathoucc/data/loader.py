@@ -11,11 +11,10 @@ from __future__ import annotations
 import signal
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from pathoucc.data.augment import reseed_augment
+from pathoucc.data.augment import augment_images, reseed_augment
 from pathoucc.data.bags import BagBatch
 from pathoucc.errors import PathouccError
 from pathoucc.preempt import STOP_SIGNALS
@@ -32,10 +31,8 @@ def to_model_input(images: torch.Tensor, device: torch.device | str) -> torch.Te
 def batch_item(pool, batch: BagBatch, augment=None) -> dict[str, Any]:
     """A step's ``images`` ``(M, H, W, C)`` uint8, ``members``/``mask`` ``(B, N)``, ``ucc`` and ``upper`` ``(B,)``
     as tensors (``augment``, already seeded, applied to each image)."""
-    images = pool.read(batch.instances)
-    if augment is not None:
-        images = np.stack([augment(image=im)["image"] for im in images])
-    return {"images": torch.from_numpy(np.ascontiguousarray(images)), "members": torch.from_numpy(batch.members),
+    images = augment_images(pool.read(batch.instances), augment)
+    return {"images": torch.from_numpy(images), "members": torch.from_numpy(batch.members),
             "mask": torch.from_numpy(batch.mask), "ucc": torch.from_numpy(batch.ucc),
             "upper": torch.from_numpy(batch.is_upper)}
 
