@@ -16,8 +16,7 @@ HE_SIZE = 1000  # the crop is scaled to HE_SIZE x HE_SIZE px
 sys.path.insert(0, str(ROOT / "tools"))
 
 from make_digit_slide import make_digit_slide  # noqa: E402
-
-from pathoucc.slides.pyramid import write_array_pyramid  # noqa: E402
+from pyramid import write_array_pyramid  # noqa: E402  (tools/pyramid.py)
 
 CELL = 32
 REGION_CELLS = 8

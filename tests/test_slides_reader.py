@@ -3,10 +3,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 from PIL import Image
-from slide_fixtures import blank_slide
+from slide_fixtures import blank_slide, write_array_pyramid
 
 from pathoucc.errors import PathouccError
-from pathoucc.slides.pyramid import write_array_pyramid
 from pathoucc.slides.reader import LevelChoice, open_slide, pick_level
 
 
@@ -44,7 +43,9 @@ def test_pyramidal_tiff_opens_with_levels_and_mpp(gradient):
 
 def test_thumbnail_of_a_single_level_slide_is_shrunk_block_by_block(gradient, tmp_path, monkeypatch):
     image, _, _ = gradient
-    from pathoucc.slides import pyramid, reader
+    import pyramid
+
+    from pathoucc.slides import reader
 
     flat = pyramid.write_pyramid_tiff(tmp_path / "flat.tif", (1000, 700),
                                       lambda d, x, y, w, h: image[y:y + h, x:x + w], downsamples=[1])

@@ -19,7 +19,8 @@ With the defaults (cell 32, region_cells 8, margin one region) the command::
 
 gives exactly one digit per patch and one bag per generated region. Digits come from the MNIST training split
 (``--split test``: the official test digits, for a held-out test slide); ``--source digits`` uses scikit-learn's
-8x8 digits, upscaled (no split).
+8x8 digits, upscaled (no split). Writing the TIFF needs ``tifffile`` (the ``test`` extra:
+``pip install -e .[test]``).
 
     python tools/make_digit_slide.py slide.tif --grid 64 64            # 2560 x 2560 px
     python tools/make_digit_slide.py big.tif --grid 1240 1240 --mask-downsample 32   # 40 192 x 40 192 px
@@ -45,10 +46,10 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from pyramid import pyramid_downsamples, write_pyramid_tiff  # tools/pyramid.py
 
 from pathoucc.errors import PathouccError
 from pathoucc.files import atomic_path
-from pathoucc.slides.pyramid import pyramid_downsamples, write_pyramid_tiff
 
 TISSUE = np.array([238, 176, 214], np.float32)  # pink eosin-like background
 INK = np.array([88, 32, 128], np.float32)  # dark purple haematoxylin-like ink

@@ -2,6 +2,9 @@
 
 Each level is a separate TIFF page (level 0 first, then 2x, 4x, ... reductions), tiled and deflate-compressed,
 with the resolution stored in pixels per centimetre so OpenSlide reports ``openslide.mpp-x/y``.
+
+For tests and tools (not part of the package); needs ``tifffile`` (the ``test`` extra: ``pip install -e .[test]``).
+Tools import it as ``from pyramid import ...`` with ``tools/`` on ``sys.path``, as ``tests/slide_fixtures.py`` does.
 """
 
 from __future__ import annotations
