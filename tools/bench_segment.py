@@ -9,7 +9,8 @@
 
     nice -n 10 python tools/bench_segment.py --work /tmp/bench_segment
 
-Needs ``tifffile`` (the ``test`` extra) for the slides it writes. Prints a markdown table. Models have random weights: throughput does not depend on training.
+Needs ``tifffile`` (the ``test`` extra) for the slides it writes. Prints a markdown table. Models have random
+weights: throughput does not depend on training.
 """
 
 from __future__ import annotations
@@ -71,7 +72,6 @@ def digit_tiles(work: Path, grid: int) -> Path:
 
 def he_tiles(work: Path) -> Path:
     from PIL import Image
-
     from pyramid import write_array_pyramid  # tools/pyramid.py (needs tifffile: the test extra)
 
     from pathoucc.slides.tiler import tile_slide
