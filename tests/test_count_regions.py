@@ -9,11 +9,14 @@ import pytest
 import shapely
 
 from pathoucc.errors import PathouccError
-from pathoucc.slides.regions import (
+from pathoucc.slides.annotations.assign import (
     CountRegion,
     assign_patches,
-    check_region_patches,
-    check_regions_on_slide,
+    region_bags,
+    regions_off_slide,
+    skipped_regions,
+)
+from pathoucc.slides.annotations.geojson import (
     is_class_feature,
     is_count_feature,
     load_features,
@@ -147,27 +150,35 @@ def test_overlapping_regions_sharing_a_patch_are_refused(tmp_path):
     assert (index == 0).sum() == 8 and (index == 1).sum() == 8
 
 
-def test_region_without_patches_is_reported_and_too_small_region_is_refused(tmp_path):
+def test_regions_without_enough_patches_are_skipped_with_a_note_each_and_a_total(tmp_path):
     path = write(tmp_path, [feature([square(0, 0, 128, 128)], ucc=2, name="big"),
                             feature([square(1000, 1000, 1100, 1100)], ucc=1, name="glass"),
-                            feature([square(256, 0, 320, 32)], ucc=3, name="tiny")])
+                            feature([square(256, 0, 320, 32)], ucc=3, name="tiny"),
+                            feature([square(256, 256, 384, 384)], ucc=1)])
     regions = read_count_regions(path, None, None)
     index, _ = assign_patches(regions, grid(), 32)
-    assert check_region_patches(regions[:2], index, path) == [1]
-    with pytest.raises(PathouccError) as err:
-        check_region_patches(regions, index, path)
-    message = str(err.value)
-    assert str(path) in message and 'feature 2 "tiny"' in message
-    assert "holds 2 tissue patch(es) but has ucc 3" in message
-    assert check_region_patches(regions, np.full(5, -1), path) == [0, 1, 2]
+    skipped = skipped_regions(regions, index)
+    assert sorted(skipped) == [1, 2] and skipped[1] == "contains no tissue patch centre"
+    assert skipped[2].startswith("holds 2 tissue patch(es) but has ucc 3")
+    bags = region_bags(regions, grid(), 32, (1200, 1200), path, "slide.tif")
+    assert bags.ucc.tolist() == [2, 1] and bags.index.tolist() == [0, 3]
+    assert np.bincount(bags.region[bags.region >= 0]).tolist() == [16, 16]
+    assert (bags.region[index == 2] == -1).all()  # the tiny region's 2 patches are in no bag
+    assert bags.notes == ['regions.geojson: feature 1 "glass" contains no tissue patch centre; skipped',
+                          'regions.geojson: feature 2 "tiny" holds 2 tissue patch(es) but has ucc 3 (a bag cannot '
+                          'show more classes than it has patches); skipped',
+                          "regions.geojson: 2 of 4 regions skipped, 2 give bags"]
+    with pytest.raises(PathouccError, match=r'none of the 2 count regions gives a bag of slide\.tif .*: feature 1 '):
+        region_bags(regions[1:3], grid(), 32, (1200, 1200), path, "slide.tif")
+    assert skipped_regions(regions, np.full(5, -1)).keys() == {0, 1, 2, 3}
 
 
 def test_regions_off_the_slide(tmp_path):
     path = write(tmp_path, [feature([square(0, 0, 10, 10)], ucc=1), feature([square(900, 900, 990, 990)], ucc=1)])
     regions = read_count_regions(path, None, None)
-    assert check_regions_on_slide(regions, (500, 400), path) == [1]
+    assert regions_off_slide(regions, (500, 400), path) == [1]
     with pytest.raises(PathouccError, match="no count region overlaps the slide") as err:
-        check_regions_on_slide(regions[1:], (500, 400), path)
+        regions_off_slide(regions[1:], (500, 400), path)
     assert str(path) in str(err.value) and "500x400" in str(err.value)
 
 
@@ -250,3 +261,43 @@ def test_single_feature_file_and_z_coordinates(tmp_path):
     path.write_text(json.dumps(feature([[[0, 0, 0], [8, 0, 0], [8, 8, 0], [0, 8, 0], [0, 0, 0]]], ucc=1)))
     (region,) = read_count_regions(path, None, None)
     assert region.geometry.area == 64 and not region.geometry.has_z
+
+
+@pytest.mark.parametrize(("classes", "run_classes", "expected"), [
+    ([1, 7, 9, 7], None, ("1", "7", "9")),  # integers without the run's classes are names
+    ([0, 2], ["tumour", "stroma", "fat"], ("tumour", "fat")),  # with them, indices into them
+    (["7", "1"], ["0", "1", "7"], ("7", "1")),
+])
+def test_integer_classes_are_names_or_indices(tmp_path, classes, run_classes, expected):
+    path = write(tmp_path, [feature([square(0, 0, 10, 10)], classes=classes)])
+    (region,) = read_count_regions(path, run_classes, None)
+    assert region.classes == expected and region.ucc == len(expected)
+
+
+@pytest.mark.parametrize(("classes", "run_classes", "problem"), [
+    ([1, "stroma"], None, 'feature 0: classes mixes class names and integers ([1, "stroma"]); give all names or'),
+    ([0, 3], ["a", "b", "c"], "feature 0: class index 3 is out of range: the run has 3 classes (indices 0..2 of"),
+    ([-1, 2], None, "feature 0: classes has the negative class index -1"),
+    ([1, None], None, "feature 0: classes must be a non-empty list of class names, got [1, null]"),
+    ([True, 2], None, "feature 0: classes must be a non-empty list of class names"),
+])
+def test_bad_integer_classes_are_one_line_errors(tmp_path, classes, run_classes, problem):
+    path = write(tmp_path, [feature([square(0, 0, 10, 10)], classes=classes)])
+    with pytest.raises(PathouccError) as err:
+        read_count_regions(path, run_classes, None)
+    assert str(err.value).startswith(f"{path}: {problem}") and "\n" not in str(err.value)
+
+
+def test_deeply_nested_json_is_a_one_line_error(tmp_path):
+    path = tmp_path / "deep.geojson"
+    path.write_text("[" * 200_000 + "]" * 200_000)
+    with pytest.raises(PathouccError, match="nested too deeply") as err:
+        read_count_regions(path, None, None)
+    assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
+
+
+def test_long_bad_values_are_quoted_short(tmp_path):
+    path = write(tmp_path, [feature([square(0, 0, 10, 10)], ucc="x" * 100_000)])
+    with pytest.raises(PathouccError, match="ucc must be a positive integer") as err:
+        read_count_regions(path, None, None)
+    assert len(str(err.value)) < 300

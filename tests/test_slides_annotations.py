@@ -2,19 +2,15 @@ import json
 
 import numpy as np
 import pytest
+import shapely
 from PIL import Image
 
 from pathoucc.errors import PathouccError
-from pathoucc.slides.annotations import (
-    LabelRaster,
-    assign_regions,
-    grid_regions,
-    patch_labels,
-    read_geojson,
-    read_label_mask,
-    read_regions_csv,
-    region_ucc,
-)
+from pathoucc.slides.annotations.assign import CountRegion, assign_patches, grid_regions, region_bags, region_ucc
+from pathoucc.slides.annotations.csv import read_regions_csv
+from pathoucc.slides.annotations.geojson import read_class_raster
+from pathoucc.slides.annotations.mask import read_label_mask
+from pathoucc.slides.annotations.raster import LabelRaster, patch_labels
 
 
 def _square(x, y, side):
@@ -76,17 +72,17 @@ def test_geojson_is_rasterised_with_class_names(tmp_path):
     data["features"].append({"type": "Feature", "properties": {},  # unclassified: ignored
                              "geometry": {"type": "Polygon", "coordinates": [_square(0, 500, 100)]}})
     path.write_text(json.dumps(data))
-    raster = read_geojson(path, (800, 600), downsample=4)
+    raster = read_class_raster(path, (800, 600), downsample=4)
     assert raster.class_names == ["Stroma", "Tumor"]  # the Point's class has no area
     tumor, stroma = raster.class_names.index("Tumor"), raster.class_names.index("Stroma")
     coords = np.array([[0, 0], [120, 120], [600, 0], [650, 450], [300, 500], [0, 500]])
     np.testing.assert_array_equal(patch_labels(raster, coords, 50), [tumor, -1, stroma, stroma, -1, -1])
-    named = read_geojson(path, (800, 600), classes=["Stroma", "Tumor", "Other"], downsample=4)
+    named = read_class_raster(path, (800, 600), classes=["Stroma", "Tumor", "Other"], downsample=4)
     assert named.class_names == ["Stroma", "Tumor", "Other"]
     np.testing.assert_array_equal(patch_labels(named, coords[:3], 50), [1, -1, 0])
     as_list = tmp_path / "list.json"
     as_list.write_text(json.dumps(data["features"][:2]))
-    np.testing.assert_array_equal(read_geojson(as_list, (800, 600), downsample=4).labels, raster.labels)
+    np.testing.assert_array_equal(read_class_raster(as_list, (800, 600), downsample=4).labels, raster.labels)
 
 
 def test_geojson_errors(tmp_path):
@@ -94,17 +90,21 @@ def test_geojson_errors(tmp_path):
     path.write_text(json.dumps(_qupath([("Tumor", {"type": "Polygon", "coordinates": [_square(10, 10, 50)]}),
                                         ("Necrosis", {"type": "Polygon", "coordinates": [_square(90, 10, 50)]})])))
     with pytest.raises(PathouccError, match="'Necrosis' is not one of") as err:
-        read_geojson(path, (800, 600), classes=["Tumor", "Stroma"])
+        read_class_raster(path, (800, 600), classes=["Tumor", "Stroma"])
     assert "a.geojson" in str(err.value)
     far = tmp_path / "far.geojson"
     far.write_text(json.dumps(_qupath([("Tumor", {"type": "Polygon", "coordinates": [_square(5000, 10, 50)]})])))
     with pytest.raises(PathouccError, match="no annotation overlaps") as err:
-        read_geojson(far, (800, 600))
+        read_class_raster(far, (800, 600))
     assert "far.geojson" in str(err.value)
     broken = tmp_path / "broken.geojson"
     broken.write_text("{not json")
-    with pytest.raises(PathouccError, match="not valid GeoJSON"):
-        read_geojson(broken, (800, 600))
+    with pytest.raises(PathouccError, match="not valid JSON"):
+        read_class_raster(broken, (800, 600))
+
+
+def _boxes(regions):
+    return [[int(v) for v in (x0, y0, x1 - x0, y1 - y0)] for x0, y0, x1, y1 in (r.geometry.bounds for r in regions)]
 
 
 def test_regions_csv_rows_are_matched_by_slide_name(tmp_path):
@@ -114,21 +114,22 @@ def test_regions_csv_rows_are_matched_by_slide_name(tmp_path):
                     "b.svs,0,0,50,50,1\n"
                     "/data/a.svs,100,0,100,100,3\n"
                     "a,0,100,100,100,1\n")
-    table = read_regions_csv(path, "/somewhere/a.svs", (1000, 1000))
-    np.testing.assert_array_equal(table.boxes, [[0, 0, 100, 100], [100, 0, 100, 100], [0, 100, 100, 100]])
-    np.testing.assert_array_equal(table.ucc, [2, 3, 1])
+    regions = read_regions_csv(path, "/somewhere/a.svs")
+    assert _boxes(regions) == [[0, 0, 100, 100], [100, 0, 100, 100], [0, 100, 100, 100]]
+    assert [(r.ucc, r.label) for r in regions] == [(2, "line 2"), (3, "line 4"), (1, "line 5")]
     with pytest.raises(PathouccError, match=r"no rows for slide c\.svs"):
-        read_regions_csv(path, "c.svs", (1000, 1000))
+        read_regions_csv(path, "c.svs")
     far = _write(tmp_path / "far.csv", "slide,x,y,width,height,ucc\nb.svs,500,500,10,10,1\n")
-    with pytest.raises(PathouccError, match="overlaps the slide") as err:
-        read_regions_csv(far, "b.svs", (100, 100))
+    with pytest.raises(PathouccError, match="no count region overlaps the slide") as err:
+        region_bags(read_regions_csv(far, "b.svs"), np.zeros((1, 2)), 10, (100, 100), far, "b.svs")
     assert "far.csv" in str(err.value)
     bad = _write(tmp_path / "bad.csv", "slide,x,y,w,h\na.svs,0,0,1,1\n")
     with pytest.raises(PathouccError, match="lacks column"):
-        read_regions_csv(bad, "a.svs", (100, 100))
-    bad = _write(tmp_path / "bad2.csv", "slide,x,y,width,height,ucc\na.svs,zero,0,1,1,1\n")
-    with pytest.raises(PathouccError, match="line 2"):
-        read_regions_csv(bad, "a.svs", (100, 100))
+        read_regions_csv(bad, "a.svs")
+    for value in ("zero", "inf", "nan"):
+        bad = _write(tmp_path / "bad2.csv", f"slide,x,y,width,height,ucc\na.svs,{value},0,1,1,1\n")
+        with pytest.raises(PathouccError, match="line 2: x, y, width, height, ucc must be numbers"):
+            read_regions_csv(bad, "a.svs")
 
 
 def _write(path, text):
@@ -137,22 +138,42 @@ def _write(path, text):
 
 
 def test_grid_regions_and_ucc():
-    # 32-px patches on a 32-px grid, 64-px regions, level 0
-    positions = np.array([[0, 0], [32, 0], [64, 0], [0, 32], [96, 96], [48, 0]])
+    # 32-px patches, 64-px regions, level 0: a patch belongs to the window holding its centre
+    positions = np.array([[0, 0], [32, 0], [64, 0], [0, 32], [96, 96], [48, 0], [16, 0]])
     region, boxes = grid_regions(positions, 32, 64, 1.0, (150, 150))
-    np.testing.assert_array_equal(region, [0, 0, 1, 0, 2, -1])  # (48, 0) straddles two regions
+    # (48, 0): centre 64 lies on the border -> no window; (16, 0): centre 32 -> the first window
+    np.testing.assert_array_equal(region, [0, 0, 1, 0, 2, -1, 0])
     np.testing.assert_array_equal(boxes, [[0, 0, 64, 64], [64, 0, 64, 64], [64, 64, 64, 64]])
-    labels = np.array([3, 5, 1, -1, 2, 7])
-    np.testing.assert_array_equal(region_ucc(labels, region, 3), [2, 1, 1])
+    labels = np.array([3, 5, 1, -1, 2, 7, 9])
+    np.testing.assert_array_equal(region_ucc(labels, region, 3), [3, 1, 1])
     # at downsample 2 the boxes are in level-0 pixels and clipped to the slide
     region, boxes = grid_regions(positions, 32, 64, 2.0, (200, 150))
     np.testing.assert_array_equal(boxes[-1], [128, 128, 72, 22])
 
 
-def test_assign_regions_takes_whole_patches_first_box_wins():
-    coords = np.array([[0, 0], [50, 0], [90, 0], [200, 200]])
-    boxes = np.array([[0, 0, 100, 100], [40, 0, 100, 100]])
-    np.testing.assert_array_equal(assign_regions(coords, 20, boxes), [0, 0, 1, -1])
+def test_one_rule_for_windows_boxes_and_polygons():
+    """The same rectangle holds the same patches as a dense window, a CSV box and a GeoJSON polygon."""
+    rng = np.random.default_rng(0)
+    positions = rng.integers(0, 200, size=(400, 2)) * 2  # even output-level top-lefts, 24-px patches
+    region, boxes = grid_regions(positions, 24, 64, 1.0, (1000, 1000))
+    as_boxes = [CountRegion(k, None, 1, None, shapely.box(x, y, x + w, y + h), unit="line")
+                for k, (x, y, w, h) in enumerate(boxes)]
+    index, _ = assign_patches(as_boxes, positions, 24)
+    np.testing.assert_array_equal(index, region)
+    assert (region == -1).sum() > 0 and (region >= 0).sum() > 300  # border centres are out, the rest in
+
+
+def test_csv_boxes_take_patches_by_centre_and_overlaps_are_refused(tmp_path):
+    path = _write(tmp_path / "r.csv", "slide,x,y,width,height,ucc\na,0,0,100,100,1\na,200,0,100,100,1\n")
+    regions = read_regions_csv(path, "a.tif")
+    coords = np.array([[0, 0], [85, 0], [89, 0], [91, 0], [-9, 0], [190, 0], [195, 0], [200, 200]])  # 20-px patches
+    index, _ = assign_patches(regions, coords, 20)
+    # centres x 10, 95, 99 in the first box (a patch 9 px over its edge too), 101 out, 1 in, 200 on the border, 205 in
+    assert index.tolist() == [0, 0, 0, -1, 0, -1, 1, -1]
+    overlap = _write(tmp_path / "o.csv", "slide,x,y,width,height,ucc\na,0,0,100,100,1\na,40,0,100,100,1\n")
+    with pytest.raises(PathouccError, match="line 2 and line 3 overlap: 2 patch centre") as err:
+        assign_patches(read_regions_csv(overlap, "a.tif"), coords, 20, path=overlap)
+    assert "QuPath" not in str(err.value)
 
 
 def test_patch_labels_majority():

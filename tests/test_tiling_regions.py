@@ -46,8 +46,9 @@ def test_cli_count_only_regions_become_bags(digit_slide, tmp_path):
                "--classes", "a,b,c")
     assert proc.returncode == 0, proc.stderr
     warnings = proc.stderr.strip().splitlines()
-    assert len(warnings) == 2 and all(w.startswith("warning: digits.tif: digits.geojson: feature ") for w in warnings)
+    assert len(warnings) == 3 and all(w.startswith("warning: digits.tif: digits.geojson: ") for w in warnings)
     assert 'feature 3 "glass" contains no tissue' in warnings[0] and 'feature 4 "elsewhere" lies outside' in warnings[1]
+    assert warnings[2].endswith("2 of 6 regions skipped, 4 give bags")
     tiles = open_tiles(out / "digits.h5")
     assert tiles.num_patches == 256 and tiles.class_names == ["a", "b", "c"] and (tiles.labels == -1).all()
     assert tiles.region_ucc.tolist() == [2, 3, 2, 1]  # the features' counts, for the regions with tissue
@@ -95,7 +96,7 @@ def _bad(case, tmp_path):
     ("not_closed", "feature 0: ring 0 is not closed"),
     ("bow_tie", "feature 0: geometry is not valid"),
     ("off_slide", "no count region overlaps the slide"),
-    ("fewer_patches", 'feature 0 "small" holds 2 tissue patch(es) but has ucc 3'),
+    ("fewer_patches", 'none of the 1 count regions gives a bag of digits.tif'),
     ("mixed", "mixes count-only regions (feature 0 has a ucc/classes count) and dense class polygons (feature 1"),
     ("overlap", 'feature 0 "A" and feature 1 "B" overlap'),
 ])
@@ -109,6 +110,44 @@ def test_cli_bad_count_regions_are_one_line_and_write_nothing(digit_slide, tmp_p
     assert len(lines) == 1 and lines[0].startswith(f"error: {geojson}: ") and "Traceback" not in proc.stderr
     assert words in lines[0]
     assert not out.exists() or not list(out.iterdir())  # nothing half-written (not even the tissue PNG)
+
+
+def test_region_with_fewer_patches_than_its_count_is_a_counted_skip(digit_slide, tmp_path):
+    small = feature([square(600, 256, 664, 288)], ucc=3, name="small")  # 2 patches cannot show 3 classes
+    geojson = write(tmp_path, [small, REGIONS[0]])
+    proc = run(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
+               "--geojson", geojson, "--classes", "a,b,c")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        'warning: digits.tif: digits.geojson: feature 0 "small" holds 2 tissue patch(es) but has ucc 3 (a bag '
+        "cannot show more classes than it has patches); skipped",
+        "warning: digits.tif: digits.geojson: 1 of 2 regions skipped, 1 give bags"]
+    tiles = open_tiles(tmp_path / "tiles" / "digits.h5")
+    assert tiles.region_ucc.tolist() == [2] and (tiles.region == 0).sum() == 48
+
+
+def test_integer_classes_index_the_run_classes(digit_slide, tmp_path):
+    geojson = write(tmp_path, [feature([square(256, 256, 512, 512)], classes=[0, 2])])
+    proc = run(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
+               "--geojson", geojson, "--classes", "a,b,c")
+    assert proc.returncode == 0, proc.stderr
+    assert open_tiles(tmp_path / "tiles" / "digits.h5").region_ucc.tolist() == [2]
+    mixed = write(tmp_path, [feature([square(256, 256, 512, 512)], classes=[0, "b"], name="m")], "mixed.geojson")
+    proc = run(digit_slide["slide"], "--out", tmp_path / "bad", "--patch-size", CELL, "--level", 0,
+               "--geojson", mixed, "--classes", "a,b,c")
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f'error: {mixed}: feature 0 "m": classes mixes class names and integers ([0, "b"]); give all names or all '
+        "indices"]
+
+
+def test_deep_geojson_is_a_one_line_cli_error(digit_slide, tmp_path):
+    deep = tmp_path / "deep.geojson"
+    deep.write_text("[" * 200_000 + "]" * 200_000)
+    proc = run(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
+               "--geojson", deep)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"error: {deep}: JSON is nested too deeply to be GeoJSON (thousands "
+                                                "of levels of lists or objects)"]
 
 
 def test_geojson_folder_and_several_slides(digit_slide, tmp_path):

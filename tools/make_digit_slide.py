@@ -125,8 +125,8 @@ def make_blob_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 
     blobs is white glass (no tissue). Regions are a second, independent bent Voronoi partition (seeds about
     ``region_cells`` apart), shrunk by a tenth of a cell so that neighbours share no patch centre; a region's
     ``ucc`` is the number of distinct digit classes among the cells whose centre lies inside it (the tiler's
-    rule, :func:`pathoucc.slides.regions.assign_patches`). Regions with fewer than ``min_region_patches`` digit
-    cells (mostly glass) are left out; their digits are in no bag.
+    rule, :func:`pathoucc.slides.annotations.assign.assign_patches`). Regions with fewer than
+    ``min_region_patches`` digit cells (mostly glass) are left out; their digits are in no bag.
 
     Writes ``<name>.tif`` (pyramidal TIFF), ``<name>_mask.png`` (ground truth: digit + 1 per cell, 0 = glass or
     margin) and ``<name>_regions.geojson`` (one Polygon/MultiPolygon per region, ``properties.ucc`` and ``name``,
@@ -135,7 +135,7 @@ def make_blob_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 
     import shapely
     from PIL import Image
 
-    from pathoucc.slides.regions import CountRegion, assign_patches
+    from pathoucc.slides.annotations.assign import CountRegion, assign_patches
 
     out_path = Path(out_path)
     rows, cols = grid

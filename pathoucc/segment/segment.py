@@ -16,7 +16,8 @@ from pathoucc.kmeans import ClusterModel
 from pathoucc.metrics import clustering_scores, dice_iou, match_clusters
 from pathoucc.runtime import progress_bar
 from pathoucc.segment.grid import MapGrid, accumulate_map, map_grid
-from pathoucc.slides.annotations import patch_labels, read_label_mask
+from pathoucc.slides.annotations.mask import read_label_mask
+from pathoucc.slides.annotations.raster import patch_labels
 from pathoucc.slides.tilefile import TileFile
 
 __all__ = ["Segmentation", "score_segmentation", "segment_tiles"]

@@ -24,7 +24,7 @@ from pathoucc.config import TileOptions, validate_options
 from pathoucc.errors import PathouccError
 from pathoucc.files import atomic_path, ensure_writable_dir
 from pathoucc.runtime import progress_bar
-from pathoucc.slides.labelling import AnnotationKind, PatchLabels, annotation_for, kind_from_suffix, label_patches
+from pathoucc.slides.annotations import AnnotationKind, PatchLabels, annotation_for, kind_from_suffix, label_patches
 from pathoucc.slides.outputs import changes, input_record, output_lock, output_paths, read_record, remove_orphans
 from pathoucc.slides.reader import LevelChoice, Slide, open_slide, pick_level
 from pathoucc.slides.tilefile import FORMAT_VERSION, open_tiles

@@ -11,6 +11,7 @@ from scipy import ndimage
 
 from pathoucc.errors import PathouccError
 from pathoucc.files import atomic_path
+from pathoucc.slides.boxsum import box_sums, integral_image
 from pathoucc.slides.reader import Slide
 
 __all__ = [
@@ -137,15 +138,13 @@ def tissue_fractions(tissue: TissueMask, boxes: np.ndarray) -> np.ndarray:
     mask = tissue.mask
     sx, sy = tissue.downsample
     if tissue._integral is None or tissue._integral.shape != (mask.shape[0] + 1, mask.shape[1] + 1):
-        tissue._integral = np.zeros((mask.shape[0] + 1, mask.shape[1] + 1), np.int64)
-        tissue._integral[1:, 1:] = mask.cumsum(0).cumsum(1)
-    integral = tissue._integral
+        tissue._integral = integral_image(mask)
     x0 = np.clip(np.floor(boxes[:, 0] / sx), 0, mask.shape[1]).astype(np.int64)
     y0 = np.clip(np.floor(boxes[:, 1] / sy), 0, mask.shape[0]).astype(np.int64)
     x1 = np.clip(np.ceil((boxes[:, 0] + boxes[:, 2]) / sx), 0, mask.shape[1]).astype(np.int64)
     y1 = np.clip(np.ceil((boxes[:, 1] + boxes[:, 3]) / sy), 0, mask.shape[0]).astype(np.int64)
     area = (x1 - x0) * (y1 - y0)
-    inside = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+    inside = box_sums(tissue._integral, x0, y0, x1, y1)
     return np.where(area > 0, inside / np.maximum(area, 1), 0.0)
 
 
