@@ -58,3 +58,40 @@ def blank_slide(folder: Path, name: str = "blank.tif") -> Path:
     rng = np.random.default_rng(0)
     pixels = (248 + rng.integers(-3, 4, size=(600, 800, 1))).repeat(3, axis=2).astype(np.uint8)
     return write_array_pyramid(folder / name, pixels)
+
+
+HAEMATOXYLIN = np.array([0.65, 0.70, 0.29])  # optical density per unit stain (Ruifrok & Johnston)
+EOSIN = np.array([0.07, 0.99, 0.11])
+GLASS_OD = np.array([0.004, 0.014, 0.008])  # near-white glass, saturation ~0.03
+
+
+def stained_tissue(coverage: float, stain: float = 1.0, *, pale: bool = False, corner: bool = False,
+                   size: int = 320, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A generated H&E thumbnail and its true tissue mask: ``(rgb (size, size, 3) uint8, truth (size, size) bool)``.
+
+    Tissue is a smooth random shape covering ``coverage`` of the image (``corner``: everything but one corner of
+    glass), with three round glass holes (radius 9 px, background in the truth), eosin texture and dark
+    haematoxylin nuclei (the "ink", ~25 % of the tissue). ``stain`` scales both stains' optical density;
+    ``pale``: eosin faded to lavender (tissue saturation ~0.10-0.15, nuclei > 0.22). Pixels are
+    ``255 * 10 ** -OD`` plus noise.
+    """
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size]
+    if corner:
+        truth = np.hypot(xx, yy) > size * np.sqrt(4 * (1 - coverage) / np.pi)  # a quarter disc of glass
+    else:
+        field = ndimage.gaussian_filter(rng.normal(size=(size, size)), size / 12)
+        truth = field > np.quantile(field, 1 - coverage)
+    inner = ndimage.binary_erosion(truth, iterations=12)
+    for y, x in (rng.choice(np.argwhere(inner), 3) if inner.any() else []):
+        truth &= np.hypot(xx - x, yy - y) > 9
+    texture = ndimage.gaussian_filter(rng.normal(size=(size, size)), 2)
+    nuclei = ndimage.gaussian_filter(rng.random((size, size)), 1.5) > 0.56
+    eosin = (0.05 if pale else 0.30) * (1 + 0.6 * texture)
+    haem = np.where(nuclei, 0.35 if pale else 0.7, 0.03 if pale else 0.05)
+    od = stain * (eosin[..., None] * EOSIN + haem[..., None] * HAEMATOXYLIN)
+    od = np.where(truth[..., None], od, GLASS_OD)
+    rgb = 255 * 10.0 ** -od + rng.normal(0, 1.5, size=(size, size, 3))
+    return rgb.clip(0, 255).astype(np.uint8), truth

@@ -1,17 +1,22 @@
 import numpy as np
 import pytest
 from PIL import Image
-from slide_fixtures import blank_slide, he_slide
+from scipy import ndimage
+from slide_fixtures import HE_IMAGE, blank_slide, he_slide, stained_tissue, write_array_pyramid
 
 from pathoucc.errors import PathouccError
 from pathoucc.slides.reader import open_slide
+from pathoucc.slides.tilefile import open_tiles
+from pathoucc.slides.tiler import tile_slide
 from pathoucc.slides.tissue import (
     TissueMask,
     detect_tissue,
     otsu_threshold,
+    saturation,
     save_mask_png,
     tissue_fraction,
     tissue_fractions,
+    tissue_mask_from_rgb,
 )
 
 
@@ -33,11 +38,60 @@ def test_real_he_tissue_is_found_and_white_border_is_not(tmp_path):
     assert 0.4 < half < 0.6
 
 
-def test_blank_slide_has_no_tissue(tmp_path):
+def test_blank_slide_has_no_tissue_and_the_message_says_what_was_seen(tmp_path):
     path = blank_slide(tmp_path)
     with open_slide(path) as slide, pytest.raises(PathouccError, match="no tissue") as err:
         detect_tissue(slide)
-    assert "blank.tif" in str(err.value)
+    message = str(err.value)
+    assert "blank.tif" in message and "\n" not in message
+    assert "saturation has median 0.0" in message and "99th percentile 0.0" in message  # faint grey noise
+    assert "tissue needs more than 0.0" in message
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a & b).sum() / (a | b).sum())
+
+
+@pytest.mark.parametrize("stain", [0.8, 1.0, 1.2])
+@pytest.mark.parametrize("coverage", [0.1, 0.5, 0.98])
+def test_generated_slides_hold_for_stain_and_coverage(stain, coverage):
+    rgb, truth = stained_tissue(coverage, stain, seed=int(coverage * 100))
+    tissue = tissue_mask_from_rgb(rgb, (4.0, 4.0))  # 4 x 4 level-0 px per pixel: the glass holes are kept
+    assert iou(tissue.mask, truth) >= 0.9
+    holes = ndimage.binary_fill_holes(truth) & ~truth
+    assert holes.sum() > 500 and (~tissue.mask[holes]).mean() > 0.9  # glass holes stay background
+
+
+@pytest.mark.parametrize("stain", [0.8, 1.0, 1.2])
+def test_pale_nearly_full_slide_with_glass_in_one_corner(stain):
+    """Eosin faded to lavender (tissue saturation ~0.10-0.15, glass ~0.03, nuclei > 0.22) over 97 % of it."""
+    rgb, truth = stained_tissue(0.97, stain, pale=True, corner=True)
+    sat = ndimage.median_filter(saturation(rgb), size=5)
+    assert otsu_threshold(sat) > np.percentile(sat[truth], 75)  # Otsu would keep little more than the nuclei
+    tissue = tissue_mask_from_rgb(rgb, (4.0, 4.0))
+    assert np.median(sat[~truth]) < tissue.threshold < np.percentile(sat[truth], 5)
+    assert iou(tissue.mask, truth) >= 0.9
+    assert not tissue.mask[:20, :20].any()  # the glass corner
+
+
+def test_tile_finds_the_tissue_of_a_pale_nearly_full_slide(tmp_path):
+    rgb, truth = stained_tissue(0.97, pale=True, corner=True, size=256)
+    big = np.asarray(Image.fromarray(rgb).resize((1024, 1024), Image.Resampling.NEAREST))
+    slide = write_array_pyramid(tmp_path / "pale.tif", big)
+    tiles = open_tiles(tile_slide(slide, tmp_path / "tiles", patch_size=64, level=0))
+    in_truth = truth[tiles.coords[:, 1] // 4 + 8, tiles.coords[:, 0] // 4 + 8]  # each patch's centre
+    assert tiles.num_patches >= 0.9 * truth[8::16, 8::16].sum() and in_truth.mean() > 0.97
+
+
+@pytest.mark.parametrize("stain", [0.8, 1.2])
+def test_real_he_with_stain_scaled_by_20_percent(stain):
+    he = np.asarray(Image.open(HE_IMAGE).convert("RGB")).astype(np.float64)
+    od = -np.log10(np.maximum(he, 1) / 255) * stain
+    canvas = np.full((384, 384, 3), 250, np.uint8)
+    canvas[64:320, 64:320] = (255 * 10.0 ** -od).clip(0, 255).astype(np.uint8)
+    truth = np.zeros((384, 384), bool)
+    truth[64:320, 64:320] = True
+    assert iou(tissue_mask_from_rgb(canvas).mask, truth) >= 0.9
 
 
 def test_otsu_splits_two_modes():

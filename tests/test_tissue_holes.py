@@ -81,7 +81,7 @@ def test_real_he_lumen_is_background():
     assert rgb.shape == (260, 300, 3)
     tissue = tissue_mask_from_rgb(rgb)  # level 0 (0.25 µm/px): the lumen is ~11 000 px² > MIN_HOLE_AREA
     mask = tissue.mask
-    assert not mask[118:160, 115:160].any()  # the centre of the lumen
+    assert not mask[118:152, 115:160].any()  # the centre of the lumen (below row 152 its left edge is pale cytoplasm)
     box = np.zeros_like(mask)
     box[50:210, 55:240] = True
     white = box & (rgb.min(axis=2) > 220)
