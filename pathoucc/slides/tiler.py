@@ -70,7 +70,7 @@ def tile_slide(slide_path: str | Path, out_dir: str | Path, options: TileOptions
 
     ``options`` is a :class:`~pathoucc.config.TileOptions`, or give its fields as keywords (``patch_size=224``,
     ``level=0``, ...). ``annotations`` is a label mask image, a QuPath GeoJSON (count-only regions or dense class
-    polygons) or a regions CSV (kind from ``annotation_kind`` or the suffix); see :mod:`.labelling`. An existing
+    polygons) or a regions CSV (kind from ``annotation_kind`` or the suffix); see :mod:`.annotations`. An existing
     output made from the same inputs (:mod:`.outputs`) is kept unless ``overwrite``; one made from other inputs
     is replaced.
     """
