@@ -174,3 +174,21 @@ def test_dense_windows_hold_only_labelled_patches(digit_slide, tmp_path):
     for r in range(tiles.num_regions):
         assert tiles.region_ucc[r] == len(np.unique(tiles.labels[tiles.region == r]))
     assert np.bincount(tiles.region[tiles.region >= 0]).tolist() == [64 - 15, 64, 64, 64]
+
+
+def test_csv_box_and_geojson_polygon_give_the_same_bag(digit_slide, tmp_path):
+    """The centre rule for every format: a rectangle holds the same 48-px patches as a CSV row or a polygon."""
+    box = tmp_path / "box.csv"
+    box.write_text("slide,x,y,width,height,ucc\ndigits.tif,300,300,200,150,2\n")
+    polygon = write(tmp_path, [feature([square(300, 300, 500, 450)], ucc=2)])
+    by_csv = open_tiles(tile_slide(digit_slide["slide"], tmp_path / "csv", patch_size=48, level=0,
+                                   annotations=box))
+    by_geojson = open_tiles(tile_slide(digit_slide["slide"], tmp_path / "geojson", patch_size=48, level=0,
+                                       annotations=polygon))
+    np.testing.assert_array_equal(by_csv.coords, by_geojson.coords)
+    np.testing.assert_array_equal(by_csv.region, by_geojson.region)
+    np.testing.assert_array_equal(by_csv.region_boxes, by_geojson.region_boxes)
+    centres = by_csv.coords + 24
+    inside = (centres[:, 0] > 300) & (centres[:, 0] < 500) & (centres[:, 1] > 300) & (centres[:, 1] < 450)
+    np.testing.assert_array_equal(by_csv.region, np.where(inside, 0, -1))
+    assert by_csv.region_ucc.tolist() == [2] and inside.sum() == 12  # 4 x 3 centres; 3 x 2 lie wholly inside
