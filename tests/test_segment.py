@@ -15,9 +15,9 @@ import torch
 from PIL import Image
 
 from pathoucc import segment as seg_mod
+from pathoucc.cluster.kmeans import ClusterModel, fit_on_train, load_or_fit
 from pathoucc.config import config_from_dict
 from pathoucc.errors import PathouccError
-from pathoucc.kmeans import ClusterModel, fit_cluster_model, load_or_fit
 from pathoucc.segment import accumulate_map, score_segmentation, segment_tiles, write_segmentation
 from pathoucc.segment.geojson import trace_rings
 from pathoucc.segment.maps import cluster_colors, map_on_image
@@ -72,7 +72,7 @@ def _class_of_cluster(cm: ClusterModel) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def segmented(design_slide, tmp_path_factory) -> dict:
-    cm = fit_cluster_model(ColourModel(), _cfg([design_slide["h5"]]), k=3, batch_size=7)
+    cm = fit_on_train(ColourModel(), _cfg([design_slide["h5"]]), k=3, batch_size=7)
     out = tmp_path_factory.mktemp("out")
     with open_tiles(design_slide["h5"]) as tiles:
         seg = segment_tiles(ColourModel(), cm, tiles, batch_size=5)
@@ -263,7 +263,7 @@ def left_right(tmp_path_factory) -> dict:
 
 
 def test_overlapping_patches_give_a_finer_map(left_right) -> None:
-    cm = fit_cluster_model(ColourModel(), _cfg([left_right["tiles"][32]]), k=2)
+    cm = fit_on_train(ColourModel(), _cfg([left_right["tiles"][32]]), k=2)
     truth = left_right["truth"]
     agreement = {}
     for stride, h5 in left_right["tiles"].items():

@@ -14,12 +14,12 @@ import pytest
 import torch
 from slide_fixtures import CELL, digit_slide
 
+from pathoucc.cluster.features import extract_features
 from pathoucc.config import config_from_dict
 from pathoucc.data.pool import InstancePool
 from pathoucc.data.sources import load_pools
 from pathoucc.data.stream import StreamingPool
 from pathoucc.errors import PathouccError
-from pathoucc.features import extract_features
 from pathoucc.models.encoders import TimmEncoder, input_stats
 from pathoucc.slides.tiler import tile_slide
 from pathoucc.train import Trainer

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from slide_fixtures import CELL, digit_slide
 
+from pathoucc.cluster.evaluate import evaluate_run
+from pathoucc.cluster.metrics import clustering_accuracy
 from pathoucc.config import DataConfig, config_from_dict
 from pathoucc.data.sources import load_pools
 from pathoucc.errors import PathouccError
-from pathoucc.evaluate import evaluate_run
-from pathoucc.metrics import clustering_accuracy
 from pathoucc.slides.tiler import tile_slide
 from pathoucc.train import train_run
 
