@@ -76,8 +76,7 @@ def evaluate(
     split: Annotated[Split | None, typer.Option(help="Split to score (default: the config's eval.split)")] = None,
     device: Device = DeviceName.AUTO,
 ) -> None:
-    """Cluster the held-out instances with the run's features (a k-means fitted on them) and score them: ACC,
-    NMI, ARI where they carry labels; cluster sizes and agreement with region counts always. -> metrics.json"""
+    """Cluster the held-out split with the run's features; score it (with labels: ACC, NMI, ARI) -> metrics.json"""
     from pathoucc.cluster import evaluate_run
 
     result = evaluate_run(run, split=split, device=device)
@@ -178,8 +177,7 @@ def cluster(
     device: Device = DeviceName.AUTO,
     amp: Amp = None,
 ) -> None:
-    """Fit the run's shared k-means on its training data (the `train` fit): <run>/kmeans-k<K>.npz, used by
-    `pathoucc segment`."""
+    """Fit the run's shared k-means on its training data: <run>/kmeans-k<K>.npz, used by `pathoucc segment`."""
     from pathoucc.cluster import cluster_run
 
     options = validate_options(SegmentOptions, dict(k=k, batch_size=batch_size, device=device.value, amp=amp))
@@ -224,21 +222,26 @@ def _run_name(run: Path) -> str:
 
 
 def print_scores(rows: dict[str, dict[str, Any]]) -> None:
-    """A rich table of clustering scores, one row per run (or baseline); "-" where a score needs labels (or
-    regions with counts, or a training log) the split does not have."""
+    """A rich table of clustering scores, one row per run (or baseline): "-" where the split has no labels;
+    then per row what needs none (agreement with region counts, the count accuracy training logged)."""
 
     def number(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
 
     table = Table(title="clustering")
-    for col in ("run", "accuracy", "NMI", "ARI", "k", "instances", "labelled", "counts exact", "val count acc"):
+    for col in ("run", "accuracy", "NMI", "ARI", "k", "labelled/all"):
         table.add_column(col, justify="left" if col == "run" else "right")
     for name, result in rows.items():
-        counts = result.get("count_consistency") or {}
         table.add_row(name, number(result.get("accuracy")), number(result.get("nmi")), number(result.get("ari")),
-                      str(result["k"]), str(result["num_instances"]), str(result["num_labelled"]),
-                      number(counts.get("exact")), number(result.get("val_ucc_accuracy")))
+                      str(result["k"]), f"{result['num_labelled']}/{result['num_instances']}")
     Console().print(table)
+    for name, result in rows.items():
+        counts, val = result.get("count_consistency"), result.get("val_ucc_accuracy")
+        notes = ([f"clusters match the count in {counts['exact']:.0%} of {counts['regions']} regions (mean "
+                  f"|clusters - count| {counts['mean_abs_error']:.2f})"] if counts else []) + (
+                 [f"validation count accuracy {val:.4f}"] if val is not None else [])
+        if notes:
+            typer.echo(f"{name}: {'; '.join(notes)}")
 
 
 def print_segment_scores(rows: list[dict[str, Any]]) -> None:
@@ -281,10 +284,10 @@ def main() -> None:
     except (typer.Exit, SystemExit) as exc:
         sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
     except Exception as exc:  # click usage errors and the like
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, (click.ClickException, typer.TyperException)) and hasattr(exc, "show"):  # typer's click
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, (click.exceptions.Abort, typer.Abort)):
             sys.exit(1)
         if debug:
             raise
