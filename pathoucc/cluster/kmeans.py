@@ -47,7 +47,7 @@ from pathoucc.runtime import progress_bar
 from pathoucc.slides.tilefile import open_tiles
 
 __all__ = ["MAX_FIT_PATCHES", "ClusterModel", "HeldoutFit", "KMeansFit", "cluster_run", "default_k", "fit_kmeans",
-           "fit_on_heldout", "fit_on_train", "load_or_fit"]
+           "fit_on_heldout", "fit_on_train", "load_or_fit", "training_pool"]
 
 MAX_FIT_PATCHES = 100_000  # at most this many training patches (a seeded random subset) are used to fit
 
@@ -175,10 +175,8 @@ def training_pool(cfg: Config, tile_paths: list[str | Path] | None = None) -> tu
         paths = [str(p) for p in (tile_paths or cfg.data.train_tiles)]
         if not paths:
             raise PathouccError("the run's config lists no data.train_tiles to fit k-means on; pass --tiles")
-        for path in paths:
-            with open_tiles(path, cfg.data.slide_dir) as tiles:
-                check_fits_model(tiles, cfg, path)
         pool = pool_from_tiles(paths, need_regions=False, slide_dir=cfg.data.slide_dir, streaming=True)
+        check_fits_model(pool, cfg, paths[0])  # the files share one patch size (pool_from_tiles checks)
         return pool, json.dumps(paths)
     return load_pools(cfg.data, ("train",))["train"], f"{cfg.data.source} train split ({cfg.data.root})"
 
