@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,7 +29,9 @@ RunFolder = Annotated[Path, typer.Argument(help="Run folder written by `pathoucc
 Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: a.b=value")]
 Clusters = Annotated[int | None, typer.Option("--k", help="Clusters (default: eval.k or the training classes)")]
 BatchSize = Annotated[int | None, typer.Option(help="Patches per forward pass")]
-Device = Annotated[str, typer.Option(help="auto, cpu or cuda")]
+DeviceName = StrEnum("DeviceName", {"AUTO": "auto", "CPU": "cpu", "CUDA": "cuda"})  # where features are computed
+Split = StrEnum("Split", {"TEST": "test", "VAL": "val"})  # a held-out split
+Device = Annotated[DeviceName, typer.Option(help="auto (CUDA when present), cpu or cuda")]
 Amp = Annotated[bool | None, typer.Option("--amp/--fp32", help="Mixed-precision features (bf16 where the hardware "
                                           "has it) or fp32 (default: the run's eval.amp)")]
 
@@ -46,8 +49,8 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last checkpoint")] = False,
 ) -> None:
     """Train a UCC model on bags (then refine it, with refine.steps), then evaluate its clustering."""
+    from pathoucc.cluster import evaluate_run
     from pathoucc.distributed import is_main_process
-    from pathoucc.evaluate import evaluate_run
     from pathoucc.runtime import select_device
     from pathoucc.train import train_run
 
@@ -70,12 +73,13 @@ def train(
 @app.command()
 def evaluate(
     run: RunFolder,
-    split: Annotated[str | None, typer.Option(help="test or val (default: the config's eval.split)")] = None,
+    split: Annotated[Split | None, typer.Option(help="Split to score (default: the config's eval.split)")] = None,
+    device: Device = DeviceName.AUTO,
 ) -> None:
-    """Cluster the held-out instances with the run's features and score them (ACC, NMI, ARI)."""
-    from pathoucc.evaluate import evaluate_run
+    """Cluster the held-out split with the run's features; score it (with labels: ACC, NMI, ARI) -> metrics.json"""
+    from pathoucc.cluster import evaluate_run
 
-    result = evaluate_run(run, split=split)
+    result = evaluate_run(run, split=split, device=device)
     print_scores({f"{_run_name(run)} ({result['split']})": result})
 
 
@@ -151,12 +155,12 @@ def tile(
 @app.command()
 def baseline(
     config: Annotated[Path, typer.Argument(help="YAML config whose data to cluster")],
-    split: Annotated[str, typer.Option(help="test or val")] = "test",
+    split: Annotated[Split, typer.Option(help="Split to cluster")] = Split.TEST,
     out: Annotated[Path | None, typer.Option("--out", help="Write the scores to this JSON file")] = None,
     set_: Overrides = None,
 ) -> None:
-    """The reference baseline: k-means directly on the raw pixels of the held-out instances."""
-    from pathoucc.evaluate import evaluate_raw_pixels
+    """The reference baseline: k-means directly on the raw pixels of the held-out instances (no model, CPU)."""
+    from pathoucc.cluster import evaluate_raw_pixels
 
     result = evaluate_raw_pixels(load_config(config, set_ or []), split=split)
     print_scores({f"raw pixels ({split})": result})
@@ -170,15 +174,15 @@ def cluster(
     k: Clusters = None,
     tiles: Annotated[list[Path] | None, typer.Option("--tiles", help="Fit on these tile files instead")] = None,
     batch_size: BatchSize = None,
-    device: Device = "auto",
+    device: Device = DeviceName.AUTO,
     amp: Amp = None,
 ) -> None:
     """Fit the run's shared k-means on its training data: <run>/kmeans-k<K>.npz, used by `pathoucc segment`."""
-    from pathoucc.kmeans import cluster_run
+    from pathoucc.cluster import cluster_run
 
-    o = validate_options(SegmentOptions, dict(k=k, batch_size=batch_size, device=device, amp=amp))
-    cm, path = cluster_run(run, k=o.k, tile_paths=tiles or None, batch_size=o.batch_size, device=o.device,
-                           progress=sys.stderr.isatty(), amp=o.amp)
+    options = validate_options(SegmentOptions, dict(k=k, batch_size=batch_size, device=device.value, amp=amp))
+    cm, path = cluster_run(run, k=options.k, tile_paths=tiles or None, batch_size=options.batch_size,
+                           device=options.device, progress=sys.stderr.isatty(), amp=options.amp)
     typer.echo(f"k-means with k={cm.k} on {cm.num_features} features -> {path}")
 
 
@@ -190,7 +194,7 @@ def segment(
     k: Clusters = None,
     mask: Annotated[Path | None, typer.Option(help="Label mask to score against (or a folder of masks)")] = None,
     batch_size: BatchSize = None,
-    device: Device = "auto",
+    device: Device = DeviceName.AUTO,
     slides: Annotated[Path | None, typer.Option(
         help="Slides folder of CLAM/TRIDENT coordinate files (default: data.slide_dir, else beside each)")] = None,
     amp: Amp = None,
@@ -198,8 +202,9 @@ def segment(
     """Cluster every patch of each slide with the run's shared k-means: maps, overlays, CSV/HDF5, GeoJSON, scores."""
     from pathoucc.segment import segment_run
 
-    o = validate_options(SegmentOptions, dict(k=k, mask=mask, batch_size=batch_size, device=device, amp=amp))
-    report = segment_run(run, tiles, out=out, options=o, progress=sys.stderr.isatty(), slide_dir=slides)
+    options = validate_options(SegmentOptions, dict(k=k, mask=mask, batch_size=batch_size, device=device.value,
+                                                    amp=amp))
+    report = segment_run(run, tiles, out=out, options=options, progress=sys.stderr.isatty(), slide_dir=slides)
     if report.fitted:
         typer.echo(f"fitted k-means (k={report.kmeans.k}) on the run's training data -> {report.kmeans_path}")
     for seg in report.slides:
@@ -217,14 +222,26 @@ def _run_name(run: Path) -> str:
 
 
 def print_scores(rows: dict[str, dict[str, Any]]) -> None:
-    """A rich table of clustering scores, one row per run (or baseline)."""
+    """A rich table of clustering scores, one row per run (or baseline): "-" where the split has no labels;
+    then per row what needs none (agreement with region counts, the count accuracy training logged)."""
+
+    def number(value: float | None) -> str:
+        return "-" if value is None else f"{value:.4f}"
+
     table = Table(title="clustering")
-    for col in ("run", "accuracy", "NMI", "ARI", "k", "instances"):
+    for col in ("run", "accuracy", "NMI", "ARI", "k", "labelled/all"):
         table.add_column(col, justify="left" if col == "run" else "right")
-    for name, r in rows.items():
-        table.add_row(name, f"{r['accuracy']:.4f}", f"{r['nmi']:.4f}", f"{r['ari']:.4f}", str(r["k"]),
-                      str(r["num_instances"]))
+    for name, result in rows.items():
+        table.add_row(name, number(result.get("accuracy")), number(result.get("nmi")), number(result.get("ari")),
+                      str(result["k"]), f"{result['num_labelled']}/{result['num_instances']}")
     Console().print(table)
+    for name, result in rows.items():
+        counts, val = result.get("count_consistency"), result.get("val_ucc_accuracy")
+        notes = ([f"clusters match the count in {counts['exact']:.0%} of {counts['regions']} regions (mean "
+                  f"|clusters - count| {counts['mean_abs_error']:.2f})"] if counts else []) + (
+                 [f"validation count accuracy {val:.4f}"] if val is not None else [])
+        if notes:
+            typer.echo(f"{name}: {'; '.join(notes)}")
 
 
 def print_segment_scores(rows: list[dict[str, Any]]) -> None:
@@ -267,10 +284,10 @@ def main() -> None:
     except (typer.Exit, SystemExit) as exc:
         sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
     except Exception as exc:  # click usage errors and the like
-        if isinstance(exc, click.ClickException):
+        if isinstance(exc, (click.ClickException, typer.TyperException)) and hasattr(exc, "show"):  # typer's click
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, (click.exceptions.Abort, typer.Abort)):
             sys.exit(1)
         if debug:
             raise

@@ -33,17 +33,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from pathoucc.cluster.features import extract_features, inference_dtype
+from pathoucc.cluster.kmeans import MAX_FIT_PATCHES, ClusterModel, default_k, fit_kmeans
+from pathoucc.cluster.metrics import clustering_accuracy
 from pathoucc.config import Config
 from pathoucc.data.augment import augment_images, build_augment, reseed_augment
 from pathoucc.data.loader import to_model_input
-from pathoucc.data.pool import InstancePool
+from pathoucc.data.pool import InstancePool, subsample
 from pathoucc.data.sources import load_pools
 from pathoucc.data.stream import StreamingPool
 from pathoucc.errors import PathouccError
-from pathoucc.features import extract_features, inference_dtype
 from pathoucc.files import write_json
-from pathoucc.kmeans import MAX_FIT_PATCHES, ClusterModel, default_k, fit_kmeans
-from pathoucc.metrics import clustering_accuracy
 from pathoucc.models import UCCModel
 from pathoucc.plots import plot_refine_curves
 from pathoucc.run import MODEL, MODEL_UCC, REFINE, REFINE_CURVES, REFINE_LOG, clear_weight_outputs, load_run, save_model
@@ -92,8 +92,7 @@ def _cluster(model: UCCModel, pool: InstancePool | StreamingPool, cfg: Config, k
     (fitted on at most MAX_FIT_PATCHES of them, seeded)."""
     features = extract_features(model, pool, cfg.eval.batch_size, device, index=index,
                                 dtype=inference_dtype(cfg, device))
-    fit = np.arange(len(index)) if len(index) <= MAX_FIT_PATCHES else np.sort(
-        np.random.default_rng(cfg.seed).choice(len(index), MAX_FIT_PATCHES, replace=False))
+    fit = subsample(len(index), MAX_FIT_PATCHES, cfg.seed)
     km = fit_kmeans(features[fit], k, cfg.seed, cfg.eval.n_init)
     return ClusterModel(km.cluster_centers_.astype(np.float32)).distances(features)
 

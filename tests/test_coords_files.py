@@ -17,11 +17,11 @@ import pytest
 from slide_fixtures import CELL, digit_slide
 from test_cli import _one_line_error, run_cli
 
+from pathoucc.cluster.features import extract_features
+from pathoucc.cluster.kmeans import fit_on_train
 from pathoucc.config import config_from_dict
 from pathoucc.data.sources import load_pools
 from pathoucc.errors import PathouccError
-from pathoucc.features import extract_features
-from pathoucc.kmeans import fit_cluster_model
 from pathoucc.run import load_run
 from pathoucc.slides.coords import CoordsFile
 from pathoucc.slides.reader import open_slide
@@ -97,11 +97,11 @@ def test_clam_file_reads_the_same_patches_as_pathoucc_tiles(files) -> None:
         assert c.level_dimensions == t.level_dimensions and c.labels is None and c.region is None
         np.testing.assert_array_equal(c.coords, t.coords)
         index = np.array([5, 0, 5, len(t.coords) - 1])
-        np.testing.assert_array_equal(c.read_patches(index), t.read_patches(index))
-        np.testing.assert_array_equal(c.read_patches(slice(10, 20)), t.read_patches(slice(10, 20)))
-        np.testing.assert_array_equal(c.read_patches(3), t.read_patches(3))
+        np.testing.assert_array_equal(c.read(index), t.read(index))
+        np.testing.assert_array_equal(c.read(slice(10, 20)), t.read(slice(10, 20)))
+        np.testing.assert_array_equal(c.read(3), t.read(3))
         copy = pickle.loads(pickle.dumps(c))  # DataLoader workers reopen the slide
-        np.testing.assert_array_equal(copy.read_patches([7]), t.read_patches([7]))
+        np.testing.assert_array_equal(copy.read([7]), t.read([7]))
         copy.close()
     # the slide file itself may be given too
     with open_tiles(files["clam"], files["slide"]) as c:
@@ -112,14 +112,14 @@ def test_trident_file_and_resized_patches(files, tmp_path) -> None:
     with open_tiles(files["trident"]) as c:  # the slide is found by its name two folders up
         assert c.layout == "trident" and (c.patch_size, c.downsample, c.stride) == (CELL, 1.0, CELL)
         with open_tiles(files["tiles"]) as t:
-            np.testing.assert_array_equal(c.read_patches(slice(0, 16)), t.read_patches(slice(0, 16)))
-            level0 = t.read_patches(slice(0, 16))
+            np.testing.assert_array_equal(c.read(slice(0, 16)), t.read(slice(0, 16)))
+            level0 = t.read(slice(0, 16))
     # 10x from a 20x slide: 16-px patches covering 32 level-0 px, overlap 8 -> stride 8 (output px)
     path = write_trident(tmp_path / "patches" / "x_patches.h5", files["coords"], files["slide"], 16, 20, 10, 8)
     with open_tiles(path, files["slide"]) as c:
         assert (c.patch_size, c.downsample, c.stride, c.extent) == (16, 2.0, 8, 32)
         assert c.level_dimensions == (512, 512)
-        small = c.read_patches(slice(0, 16))
+        small = c.read(slice(0, 16))
     assert small.shape == (16, 16, 16, 3)
     halved = level0.reshape(16, 16, 2, 16, 2, 3).astype(np.float32).mean((2, 4))
     assert np.abs(small.astype(np.float32) - halved).mean() < 2.0  # the same pixels, box-filtered to half
@@ -163,8 +163,8 @@ def test_features_kmeans_and_segment_on_coords_files(files, monkeypatch, capsys,
         np.testing.assert_array_equal(extract_features(model, c, 100), extract_features(model, t, 100))
     # k-means fitted on coords files (found next to their slide) equals k-means on the tile file
     coords_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"train_tiles": [str(files["trident"])]})})
-    a = fit_cluster_model(model, cfg, 4, batch_size=64)
-    b = fit_cluster_model(model, coords_cfg, 4, batch_size=64)
+    a = fit_on_train(model, cfg, 4, batch_size=64)
+    b = fit_on_train(model, coords_cfg, 4, batch_size=64)
     np.testing.assert_array_equal(a.centers, b.centers)
     # segment: the pathoucc tile file and the CLAM file give the same clusters and scores
     outs = {}
@@ -188,7 +188,7 @@ def test_coords_files_cannot_train_but_can_be_test_tiles(files) -> None:
         load_pools(config_from_dict({"data": data}).data, ("train",))
     data |= {"train_tiles": [str(files["tiles"])], "test_tiles": [str(files["clam"])]}
     with open_tiles(files["tiles"]) as t:
-        expected = t.read_patches(slice(None))
+        expected = t.read(slice(None))
     for streaming in (True, False):  # read on demand (from the slide, here) or all at once
         test = load_pools(config_from_dict({"data": data | {"streaming": streaming}}).data, ("test",))["test"]
         got = test.read(slice(None)) if streaming else test.images

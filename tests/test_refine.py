@@ -13,14 +13,14 @@ import yaml
 from slide_fixtures import CELL, digit_slide
 from test_cli import _one_line_error, run_cli
 
+from pathoucc.cluster.features import extract_features
+from pathoucc.cluster.kmeans import fit_kmeans
+from pathoucc.cluster.metrics import clustering_accuracy
 from pathoucc.config import ModelConfig, config_from_dict
 from pathoucc.data.pool import InstancePool
 from pathoucc.data.sources import load_pools
 from pathoucc.data.stream import StreamingPool
 from pathoucc.errors import PathouccError
-from pathoucc.features import extract_features
-from pathoucc.kmeans import fit_kmeans
-from pathoucc.metrics import clustering_accuracy
 from pathoucc.models import create_model
 from pathoucc.refine import count_consistent_labels, refine_model, refine_run
 from pathoucc.run import read_weights

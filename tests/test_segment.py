@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 
 from pathoucc import segment as seg_mod
+from pathoucc.cluster.kmeans import ClusterModel, KMeansFit, fit_kmeans, fit_on_train, load_or_fit
 from pathoucc.config import config_from_dict
+from pathoucc.data.pool import subsample
 from pathoucc.errors import PathouccError
-from pathoucc.kmeans import ClusterModel, fit_cluster_model, load_or_fit
 from pathoucc.segment import accumulate_map, score_segmentation, segment_tiles, write_segmentation
 from pathoucc.segment.geojson import trace_rings
 from pathoucc.segment.maps import cluster_colors, map_on_image
@@ -72,7 +73,7 @@ def _class_of_cluster(cm: ClusterModel) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def segmented(design_slide, tmp_path_factory) -> dict:
-    cm = fit_cluster_model(ColourModel(), _cfg([design_slide["h5"]]), k=3, batch_size=7)
+    cm = fit_on_train(ColourModel(), _cfg([design_slide["h5"]]), k=3, batch_size=7)
     out = tmp_path_factory.mktemp("out")
     with open_tiles(design_slide["h5"]) as tiles:
         seg = segment_tiles(ColourModel(), cm, tiles, batch_size=5)
@@ -97,6 +98,20 @@ def test_cluster_model_fit_save_load(segmented, tmp_path: Path) -> None:
     (tmp_path / "bad.npz").write_text("no")
     with pytest.raises(PathouccError, match=r"bad\.npz: not a k-means file"):
         ClusterModel.load(tmp_path / "bad.npz")
+
+
+def test_train_fit_is_kmeans_on_the_seeded_subset_of_all_training_patches(design_slide) -> None:
+    h5 = design_slide["h5"]
+    cfg = _cfg([h5, h5])  # two training files: one pool, rows numbered file after file
+    cm = fit_on_train(ColourModel(), cfg, k=3, batch_size=5, max_patches=40)
+    with open_tiles(h5) as tiles:
+        pixels = np.concatenate([tiles.read(slice(None))] * 2).astype(np.float32) / 255
+    features = pixels.mean(axis=(1, 2))  # what ColourModel computes
+    km = fit_kmeans(features[subsample(len(features), 40, cfg.seed)], 3, cfg.seed, cfg.eval.n_init)
+    order = np.lexsort(cm.centers.T), np.lexsort(km.cluster_centers_.T)
+    np.testing.assert_allclose(cm.centers[order[0]], km.cluster_centers_[order[1]], atol=1e-5)
+    assert cm.fit == KMeansFit.TRAIN and json.loads(cm.source) == [str(h5)] * 2
+    assert cm.describe() == {"fit": "train", "fitted_on": cm.source, "k": 3, "seed": 0}
 
 
 def test_load_or_fit_saves_once_and_reuses(design_slide, tmp_path: Path) -> None:
@@ -263,7 +278,7 @@ def left_right(tmp_path_factory) -> dict:
 
 
 def test_overlapping_patches_give_a_finer_map(left_right) -> None:
-    cm = fit_cluster_model(ColourModel(), _cfg([left_right["tiles"][32]]), k=2)
+    cm = fit_on_train(ColourModel(), _cfg([left_right["tiles"][32]]), k=2)
     truth = left_right["truth"]
     agreement = {}
     for stride, h5 in left_right["tiles"].items():

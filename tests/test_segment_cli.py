@@ -50,6 +50,10 @@ def test_segment_digit_slide_scored_against_its_mask(monkeypatch, capsys, digit_
     assert chance < scores["patches"]["accuracy"] <= 1 and 0 < scores["patches"]["nmi"] <= 1
     assert scores["map"]["accuracy"] == pytest.approx(scores["patches"]["accuracy"])  # stride = patch size
     assert set(scores["map"]["per_class"]) >= {str(d) for d in np.unique(labels)}
+    # scored with the run's shared k-means, fitted on the training tiles (not on this slide)
+    assert scores["kmeans"]["fit"] == "train" and scores["kmeans"]["k"] == k
+    assert json.loads(scores["kmeans"]["fitted_on"]) == [str(tiles[CELL])]
+    assert scores["kmeans"]["path"] == str(km.resolve())
     mtime = km.stat().st_mtime_ns
     # the same result from the labels the tiler stored (they came from the same mask)
     code, _, _ = run_cli(monkeypatch, capsys, "segment", str(run), str(tiles[CELL]), "--out", str(tmp_path / "b"))
@@ -133,3 +137,41 @@ def test_bad_input_is_one_line_and_writes_nothing(monkeypatch, capsys, digit_run
     _one_line_error(err, *needles)
     assert not (tmp_path / "out" / "digits").exists()
     assert not any(p.name.endswith((".partial", ".tmp")) for p in f.rglob("*"))
+
+
+def test_corrupt_patch_chunks_are_one_line_in_segment(monkeypatch, capsys, digit_run, tmp_path) -> None:
+    bad = tmp_path / "bad.h5"
+    bad.write_bytes(digit_run["tiles"][CELL].read_bytes())
+    with h5py.File(bad, "r") as f:
+        ds = f["patches"]
+        spans = [(info.byte_offset, info.size) for info in map(ds.id.get_chunk_info, range(ds.id.get_num_chunks()))]
+    with bad.open("r+b") as f:  # the stored (compressed) bytes of every patch chunk: zlib fails on them
+        for offset, size in spans:
+            f.seek(offset)
+            f.write(b"\xff" * size)
+    code, _, err = run_cli(monkeypatch, capsys, "segment", str(digit_run["run"]), str(bad), "--out",
+                           str(tmp_path / "out"), "--device", "cpu")
+    assert code == 2
+    _one_line_error(err, f"{bad}: cannot read patches", "corrupt")
+    assert not (tmp_path / "out" / "bad").exists()
+
+
+@pytest.mark.parametrize(("args", "needle"), [
+    (["baseline", "{cfg}", "--split", "foo"], "'foo' is not one of 'test', 'val'"),
+    (["evaluate", "{run}", "--split", "train"], "'train' is not one of 'test', 'val'"),
+    (["evaluate", "{run}", "--device", "tpu"], "'tpu' is not one of 'auto', 'cpu', 'cuda'"),
+    (["cluster", "{run}", "--device", "gpu"], "'gpu' is not one of 'auto', 'cpu', 'cuda'"),
+])
+def test_choices_are_usage_errors(monkeypatch, capsys, digit_run, tmp_path, args, needle) -> None:
+    args = [a.format(cfg=digit_run["run"] / "config.yaml", run=digit_run["run"]) for a in args]
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2 and needle in err and "Traceback" not in err and "KeyError" not in err
+
+
+def test_evaluate_on_a_device_records_the_heldout_fit(monkeypatch, capsys, digit_run) -> None:
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", str(digit_run["run"]), "--device", "cpu")
+    assert code == 0, err
+    test = json.loads((digit_run["run"] / "metrics.json").read_text())["test"]
+    assert test["kmeans"]["fit"] == "heldout" and test["num_labelled"] == test["num_instances"] == 256
+    assert test["kmeans"]["fitted_on"] == "test split: its 256 labelled instances (of 256)"
+    assert sum(test["cluster_sizes"]) == 256 and "digits (test)" in out

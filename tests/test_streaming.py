@@ -12,14 +12,16 @@ import h5py
 import numpy as np
 import pytest
 import torch
+import yaml
 from slide_fixtures import CELL, digit_slide
+from test_cli import _one_line_error, run_cli
 
+from pathoucc.cluster.features import extract_features
 from pathoucc.config import config_from_dict
 from pathoucc.data.pool import InstancePool
 from pathoucc.data.sources import load_pools
 from pathoucc.data.stream import StreamingPool
 from pathoucc.errors import PathouccError
-from pathoucc.features import extract_features
 from pathoucc.models.encoders import TimmEncoder, input_stats
 from pathoucc.slides.tiler import tile_slide
 from pathoucc.train import Trainer
@@ -109,6 +111,18 @@ def test_corrupt_tile_file_mid_training_names_the_file(labelled_tiles: Path, tmp
     trainer.train_pool.close()
     with pytest.raises(PathouccError, match=rf"^{bad}: tiles file not found$"):
         trainer.train_pool.read(np.arange(3))
+
+
+def test_corrupt_tile_file_read_into_memory_is_one_line_in_train(labelled_tiles: Path, tmp_path: Path, monkeypatch,
+                                                                  capsys) -> None:
+    bad = Path(shutil.copy(labelled_tiles, tmp_path / "bad.h5"))
+    _corrupt_patch_chunks(bad)
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump(_config([bad], streaming=False).model_dump(mode="json")))
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(config), "--out", str(tmp_path / "run"))
+    assert code == 2
+    _one_line_error(err, f"{bad}: cannot read patches", "corrupt")
+    assert "filter returned failure" in err or "OSError" in err  # what h5py said, after the file's name
 
 
 def test_pretrained_timm_backbones_normalise_with_their_pretrained_stats(tmp_path: Path) -> None:

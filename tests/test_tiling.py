@@ -58,9 +58,9 @@ def test_coordinates_cover_each_digit_cell_once_and_patches_are_the_pixels(tiled
     with open_slide(digit_slide["slide"]) as slide:
         for i in (0, 17, tiles.num_patches - 1):
             x, y = tiles.coords[i]
-            np.testing.assert_array_equal(tiles.read_patches(i)[0], slide.read_region((x, y), 0, (CELL, CELL)))
+            np.testing.assert_array_equal(tiles.read(i)[0], slide.read_region((x, y), 0, (CELL, CELL)))
     shuffled = np.array([5, 2, 9, 2])
-    np.testing.assert_array_equal(tiles.read_patches(shuffled), tiles.read_patches(slice(0, 10))[shuffled])
+    np.testing.assert_array_equal(tiles.read(shuffled), tiles.read(slice(0, 10))[shuffled])
 
 
 def test_labels_and_region_counts_match_the_generator(tiled, digit_slide):
@@ -127,14 +127,14 @@ def test_coarser_level_and_resized_grid(digit_slide, tmp_path):
     assert tiles.num_patches == (GRID[0] // 2) * (GRID[1] // 2)  # a 32-px patch at level 1 covers 2 x 2 cells
     assert (tiles.coords % 64 == 0).all()
     x, y = tiles.coords[3] // 2
-    np.testing.assert_array_equal(tiles.read_patches(3)[0], level1[y:y + 32, x:x + 32])
+    np.testing.assert_array_equal(tiles.read(3)[0], level1[y:y + 32, x:x + 32])
     assert tiles.num_regions == 4 and (tiles.region_ucc >= 1).all()
     # downsample 3 is between levels 1 and 2: level 1 resized by 1.5; 32-px patches cover 96 level-0 px
     path = tile_slide(digit_slide["slide"], tmp_path / "d3", patch_size=32, downsample=3, tissue_threshold=0.9)
     tiles = open_tiles(path)
     assert tiles.patch_level == 1 and tiles.downsample == pytest.approx(3.0)
     assert tiles.level_dimensions == (341, 341)
-    assert (tiles.coords % 96 == 0).all() and tiles.read_patches(0).shape == (1, 32, 32, 3)
+    assert (tiles.coords % 96 == 0).all() and tiles.read(0).shape == (1, 32, 32, 3)
     inside = [288, 384, 480, 576, 672]  # the 96-px cells lying within the digits (256..768) by >= 90 %
     assert sorted({tuple(c) for c in tiles.coords.tolist()}) == [(x, y) for x in inside for y in inside]
 
@@ -147,7 +147,7 @@ def test_real_he_is_tiled_without_background(tmp_path):
     x, y = tiles.coords[:, 0], tiles.coords[:, 1]
     assert (x >= 200).all() and (x + 200 <= 1400).all() and (y >= 200 - 100).all() and (y + 200 <= 1300).all()
     assert 20 <= tiles.num_patches <= 36  # 5 x 5 fully inside, plus some half-covered ones
-    mean = tiles.read_patches(slice(None)).reshape(tiles.num_patches, -1).mean(axis=1)
+    mean = tiles.read(slice(None)).reshape(tiles.num_patches, -1).mean(axis=1)
     assert (mean < 230).all()  # no white background patches
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from pathoucc.cluster.evaluate import evaluate_raw_pixels, evaluate_run
 from pathoucc.config import config_from_dict
 from pathoucc.errors import PathouccError
-from pathoucc.evaluate import evaluate_raw_pixels, evaluate_run
 from pathoucc.run import CHECKPOINT, load_run
 from pathoucc.train import Trainer, lr_factor, train_run
 

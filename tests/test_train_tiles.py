@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from slide_fixtures import CELL, digit_slide
 
+from pathoucc.cluster.evaluate import evaluate_run
+from pathoucc.cluster.metrics import clustering_accuracy
 from pathoucc.config import DataConfig, config_from_dict
 from pathoucc.data.sources import load_pools
 from pathoucc.errors import PathouccError
-from pathoucc.evaluate import evaluate_run
-from pathoucc.metrics import clustering_accuracy
 from pathoucc.slides.tiler import tile_slide
 from pathoucc.train import train_run
 
@@ -55,8 +55,10 @@ def test_train_on_tiles_with_timm_and_augmentations(tiles: dict[str, Path], tmp_
         "train": {"steps": 2, "val_every": 2, "checkpoint_every": 2, "log_every": 1, "val_bags": 2},
         "eval": {"n_init": 1, "batch_size": 64},
     })
-    with pytest.raises(PathouccError, match="carry no class labels"):  # the plain tiles have no classes
-        evaluate_run(train_run(cfg, tmp_path / "run", progress=False))
+    unlabelled = evaluate_run(train_run(cfg, tmp_path / "run", progress=False))  # the plain tiles have no classes
+    assert "accuracy" not in unlabelled and unlabelled["num_labelled"] == 0
+    assert sum(unlabelled["cluster_sizes"]) == unlabelled["num_instances"] == 256
+    assert unlabelled["kmeans"]["fit"] == "heldout" and "none labelled" in unlabelled["kmeans"]["fitted_on"]
     result = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert result["step"] == 2 and "val_ucc_loss" in result
     cfg.data.test_tiles = [str(tiles["labelled"])]

@@ -29,8 +29,8 @@ from repo_paths import command, header_lines, relative  # noqa: E402
 
 def child(config: str, out: str, overrides: list[str]) -> None:
     """Train in this process; print wall-clock seconds and peak RSS as JSON on the last line."""
+    from pathoucc.cluster.evaluate import evaluate_run
     from pathoucc.config import load_config
-    from pathoucc.evaluate import evaluate_run
     from pathoucc.train import train_run
 
     start = time.perf_counter()
@@ -61,7 +61,7 @@ def run_child(config: Path, out: Path, overrides: list[str]) -> dict:
 
 
 def curve(run: Path) -> list[dict]:
-    from pathoucc.evaluate import evaluate_snapshots
+    from pathoucc.cluster.evaluate import evaluate_snapshots
 
     return evaluate_snapshots(run, "test")
 
@@ -99,8 +99,8 @@ def main() -> None:
                                                f"train.snapshot_every={args.paper_snapshot_every}"])
     paper["curve"] = curve(out)
 
+    from pathoucc.cluster.evaluate import evaluate_raw_pixels
     from pathoucc.config import load_config
-    from pathoucc.evaluate import evaluate_raw_pixels
 
     raw = evaluate_raw_pixels(load_config(args.config, [data]), "test")
     configs = {relative(args.config): load_config(args.config, [data]).to_dict(),

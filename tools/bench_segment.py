@@ -49,8 +49,8 @@ def _model(backbone: str, size: int, widths: list[int] | None = None):
 
 def _cluster_model(model, tiles, k: int = 10):
     """k-means on the features of the first patches (only so that assignments have real centres)."""
-    from pathoucc.features import iter_features
-    from pathoucc.kmeans import ClusterModel, fit_kmeans
+    from pathoucc.cluster.features import iter_features
+    from pathoucc.cluster.kmeans import ClusterModel, fit_kmeans
 
     feats = np.concatenate([f for _, f in iter_features(model, tiles, 64, "cpu",
                                                              np.arange(min(tiles.num_patches, 256)))])

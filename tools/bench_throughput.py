@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT / "tools"))
 
 from repo_paths import command  # noqa: E402
 
+from pathoucc.cluster.features import iter_features  # noqa: E402
 from pathoucc.config import config_from_dict  # noqa: E402
 from pathoucc.data.sources import load_pools  # noqa: E402
-from pathoucc.features import iter_features  # noqa: E402
 from pathoucc.models import create_model  # noqa: E402
 from pathoucc.runtime import cpu_has_bf16  # noqa: E402
 from pathoucc.slides.tilefile import FORMAT_VERSION, open_tiles  # noqa: E402
@@ -88,7 +88,7 @@ def segment_rate(backbone: str, size: int, tiles_path: Path, batch: int, variant
         start = time.perf_counter()
         if variant == "fp32 (as before)":  # NCHW weights, the loop of before (pixels converted on the host)
             for a in range(0, n, batch):
-                x = torch.from_numpy(tiles.read_patches(slice(a, min(n, a + batch)))).permute(0, 3, 1, 2)
+                x = torch.from_numpy(tiles.read(slice(a, min(n, a + batch)))).permute(0, 3, 1, 2)
                 model.extract_features(x.float().div_(255.0))
         else:
             dtype = torch.bfloat16 if variant.startswith("bf16") else None

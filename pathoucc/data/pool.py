@@ -1,22 +1,74 @@
-"""An instance pool: the labelled instances (images) of one split that bags are drawn from (built in
-:mod:`pathoucc.data.sources`)."""
+"""The pool protocol: the instances (images) of one split that bags are drawn from, and what features and
+k-means read (built in :mod:`pathoucc.data.sources`).
+
+:class:`Instances` is anything that reads instances by index: a :class:`Pool`, or an open tile or coords file
+(:class:`~pathoucc.slides.patchfile.PatchFile`). A :class:`Pool` adds class labels (for scoring only) and the
+regions with counts that bags are drawn from; :class:`InstancePool` (in memory) and
+:class:`~pathoucc.data.stream.StreamingPool` (read from tile files on demand) implement it.
+:func:`subsample` picks the seeded subset of at most N rows that every k-means fit uses.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
-import torch
+
+__all__ = ["InstancePool", "Instances", "Pool", "subsample"]
+
+
+@runtime_checkable
+class Instances(Protocol):
+    """Instances read by index."""
+
+    def __len__(self) -> int: ...
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of one instance."""
+        ...
+
+    def read(self, index: np.ndarray | slice) -> np.ndarray:
+        """Instances ``index`` (any order, repeats allowed) as ``(n, H, W, C)`` uint8."""
+        ...
+
+
+@runtime_checkable
+class Pool(Instances, Protocol):
+    """The instances of one split with their labels and regions.
+
+    labels : (N,) int64 class of each instance (-1 where unknown); to build MNIST bags and to score only.
+    bag_index : (N,) int64 or None, the region (fixed bag) of each instance, -1 in none.
+    bag_ucc : (R,) int64 or None, the unique class count of each region.
+    """
+
+    labels: np.ndarray
+    bag_index: np.ndarray | None
+    bag_ucc: np.ndarray | None
+
+    @property
+    def num_classes(self) -> int:
+        """Distinct known labels."""
+        ...
+
+    def subset(self, member: np.ndarray, bag_index: np.ndarray | None, bag_ucc: np.ndarray | None) -> Pool:
+        """The instances where ``member`` (N,) bool is True, with new region indices and counts."""
+        ...
+
+
+def subsample(n: int, at_most: int, seed: int) -> np.ndarray:
+    """Sorted row numbers ``(min(n, at_most),)`` int64: all ``n`` rows, or a seeded random subset of ``at_most``."""
+    if n <= at_most:
+        return np.arange(n, dtype=np.int64)
+    return np.sort(np.random.default_rng(seed).choice(n, at_most, replace=False)).astype(np.int64)
 
 
 @dataclass
 class InstancePool:
-    """Instances of one split held in memory.
+    """The instances of one split held in memory (a :class:`Pool`).
 
-    images : (N, H, W, C) uint8
-    labels : (N,) int64 class of each instance (-1 where unknown); used to build bags and to evaluate only.
-    bag_index : (N,) int64 or None, the fixed bag (region) of each instance when bags come with the data.
-    bag_ucc : (R,) int64 or None, the unique class count of each fixed bag.
+    images : (N, H, W, C) uint8 (an (N, H, W) array gains C = 1); labels, bag_index, bag_ucc : as in :class:`Pool`.
     """
 
     images: np.ndarray
@@ -43,20 +95,13 @@ class InstancePool:
 
     @property
     def num_classes(self) -> int:
+        """Distinct known labels."""
         return len(np.unique(self.labels[self.labels >= 0]))
 
     def read(self, index: np.ndarray | slice) -> np.ndarray:
-        """Instances ``index`` as ``(n, H, W, C)`` uint8 (the interface :class:`~pathoucc.data.stream.StreamingPool`
-        shares)."""
+        """Instances ``index`` as ``(n, H, W, C)`` uint8."""
         return self.images[index]
 
     def subset(self, member: np.ndarray, bag_index: np.ndarray | None, bag_ucc: np.ndarray | None) -> InstancePool:
         """The instances where ``member`` is True, with new region indices and counts."""
         return InstancePool(self.images[member], self.labels[member], bag_index, bag_ucc)
-
-    def tensor(self, index: np.ndarray | slice, transform=None) -> torch.Tensor:
-        """Instances ``index`` as a float tensor ``(n, C, H, W)`` in [0, 1], optionally augmented (uint8 HWC)."""
-        batch = self.images[index]
-        if transform is not None:
-            batch = np.stack([transform(image=im)["image"] for im in batch])
-        return torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float().div_(255.0)

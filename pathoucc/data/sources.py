@@ -10,15 +10,15 @@ import numpy as np
 from pathoucc.config import DataConfig
 from pathoucc.data.idx import read_idx_folder
 from pathoucc.data.mnist import load_mnist
-from pathoucc.data.pool import InstancePool
+from pathoucc.data.pool import InstancePool, Pool
 from pathoucc.data.stream import StreamingPool
 from pathoucc.errors import PathouccError
-from pathoucc.slides.coords import CoordsFile
-from pathoucc.slides.tilefile import TileFile, open_tiles
+from pathoucc.slides.patchfile import PatchFile
+from pathoucc.slides.tilefile import open_tiles
 
 
 def load_pools(cfg: DataConfig,
-               splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, InstancePool | StreamingPool]:
+               splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Pool]:
     """Load the requested splits of the configured source as :class:`InstancePool` objects (tile files with
     ``data.streaming``: :class:`StreamingPool` objects, which read patches on demand)."""
     if cfg.source in ("mnist", "idx"):
@@ -42,12 +42,12 @@ def _split_idx(arrays: dict[str, tuple[np.ndarray, np.ndarray]], val_fraction: f
     return out
 
 
-def _read_all(tiles: TileFile, chunk: int = 4096) -> np.ndarray:
-    return np.concatenate([tiles.read_patches(slice(i, i + chunk)) for i in range(0, tiles.num_patches, chunk)])
+def _read_all(tiles: PatchFile, chunk: int = 4096) -> np.ndarray:
+    return np.concatenate([tiles.read(slice(i, i + chunk)) for i in range(0, tiles.num_patches, chunk)])
 
 
 def pool_from_tiles(paths: list[str], need_regions: bool, slide_dir: str | None = None,
-                    streaming: bool = False) -> InstancePool | StreamingPool:
+                    streaming: bool = False) -> Pool:
     """Concatenate the patches of ``paths`` into one pool; region indices are renumbered across files.
     ``slide_dir`` holds the slides of CLAM/TRIDENT coordinate files among ``paths``. With ``streaming`` the pool
     reads patches from the files on demand (:class:`StreamingPool`) instead of holding them in memory."""
@@ -62,7 +62,7 @@ def pool_from_tiles(paths: list[str], need_regions: bool, slide_dir: str | None 
                 raise PathouccError("tile file has no regions (bags) with counts: tile it with --mask, --geojson "
                                     "or --regions-csv" + (" (a CLAM/TRIDENT coordinate file has none: it serves "
                                                           "segment, cluster and test_tiles)"
-                                                          if isinstance(tiles, CoordsFile) else ""), path)
+                                                          if not tiles.stores_patches else ""), path)
             if not streaming:
                 images.append(_read_all(tiles))
             n = tiles.num_patches
@@ -82,7 +82,7 @@ def pool_from_tiles(paths: list[str], need_regions: bool, slide_dir: str | None 
     return InstancePool(np.concatenate(images), *meta)
 
 
-def _subset_regions(pool: InstancePool | StreamingPool, keep: np.ndarray) -> InstancePool | StreamingPool:
+def _subset_regions(pool: Pool, keep: np.ndarray) -> Pool:
     """The instances of the regions ``keep`` (renumbered 0..len(keep)-1)."""
     assert pool.bag_index is not None and pool.bag_ucc is not None
     new_id = np.full(len(pool.bag_ucc), -1, np.int64)
@@ -91,10 +91,10 @@ def _subset_regions(pool: InstancePool | StreamingPool, keep: np.ndarray) -> Ins
     return pool.subset(member, new_id[pool.bag_index[member]], pool.bag_ucc[keep])
 
 
-def load_tile_pools(cfg: DataConfig, splits: tuple[str, ...]) -> dict[str, InstancePool | StreamingPool]:
+def load_tile_pools(cfg: DataConfig, splits: tuple[str, ...]) -> dict[str, Pool]:
     """``train``/``val``: the regions of ``cfg.train_tiles``, ``val_fraction`` of them held out (seeded);
     ``test``: every patch of ``cfg.test_tiles`` (falls back to the training tiles when none are given)."""
-    out: dict[str, InstancePool] = {}
+    out: dict[str, Pool] = {}
     if {"train", "val"} & set(splits):
         if not cfg.train_tiles:
             raise PathouccError("data.train_tiles is empty: list the tile files (.h5) to train on")

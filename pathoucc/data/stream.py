@@ -14,16 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from pathoucc.errors import PathouccError
-from pathoucc.slides.coords import CoordsFile
-from pathoucc.slides.tilefile import TileFile, open_tiles
+from pathoucc.slides.patchfile import PatchFile
+from pathoucc.slides.tilefile import open_tiles
 
 __all__ = ["StreamingPool"]
 
 
 class StreamingPool:
-    """The patches of several tile files as one pool, read on demand (same interface as
-    :class:`~pathoucc.data.pool.InstancePool` for bags, training and features: ``shape``, ``labels``,
-    ``bag_index``, ``bag_ucc``, ``len``, :meth:`read`, :meth:`subset`).
+    """The patches of several tile files as one pool, read on demand (a :class:`~pathoucc.data.pool.Pool`).
 
     paths : the tile files; sizes : patches per file; rows : (N,) the global patch number (file after file) of
     each instance of the pool; labels, bag_index, bag_ucc : as in ``InstancePool``.
@@ -40,7 +38,7 @@ class StreamingPool:
         self.labels, self.bag_index, self.bag_ucc = labels, bag_index, bag_ucc
         if len(self.labels) != len(self.rows):
             raise ValueError("labels and rows differ in length")
-        self._files: dict[int, TileFile | CoordsFile] = {}
+        self._files: dict[int, PatchFile] = {}
         self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -53,6 +51,7 @@ class StreamingPool:
 
     @property
     def num_classes(self) -> int:
+        """Distinct known labels."""
         return len(np.unique(self.labels[self.labels >= 0]))
 
     def subset(self, member: np.ndarray, bag_index: np.ndarray | None, bag_ucc: np.ndarray | None) -> StreamingPool:
@@ -60,7 +59,7 @@ class StreamingPool:
         return StreamingPool(self.paths, self.sizes, self.patch_size, self.labels[member], bag_index, bag_ucc,
                              self.rows[member], self.slide_dir)
 
-    def _file(self, i: int) -> TileFile | CoordsFile:
+    def _file(self, i: int) -> PatchFile:
         if self._pid != os.getpid():  # a forked worker: never reuse the parent's handles
             self._files, self._pid = {}, os.getpid()
         if i not in self._files:
@@ -75,14 +74,10 @@ class StreamingPool:
         for i in np.unique(which).tolist():
             sel = np.flatnonzero(which == i)
             try:
-                out[sel] = self._file(i).read_patches(rows[sel] - self.offsets[i])
-            except PathouccError:
-                raise
-            except (OSError, KeyError, RuntimeError, ValueError) as exc:  # h5py: a bad chunk, a vanished file
+                out[sel] = self._file(i).read(rows[sel] - self.offsets[i])
+            except PathouccError:  # names the file; the next read reopens it
                 self._files.pop(i, None)
-                first = str(exc).splitlines()[0] if str(exc) else ""
-                raise PathouccError(f"cannot read patches ({type(exc).__name__}: {first}); the file is corrupt, "
-                                    "truncated or was removed", self.paths[i]) from None
+                raise
         return out
 
     def close(self) -> None:

@@ -11,13 +11,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pathoucc.cluster.features import check_fits_model, default_batch_size, inference_dtype, resolve_device
+from pathoucc.cluster.kmeans import ClusterModel, load_or_fit
 from pathoucc.config import SegmentOptions
 from pathoucc.errors import PathouccError
-from pathoucc.features import check_tiles_fit_model, default_batch_size, inference_dtype
 from pathoucc.files import ensure_writable_dir
-from pathoucc.kmeans import ClusterModel, load_or_fit
 from pathoucc.run import load_run
-from pathoucc.runtime import select_device
 from pathoucc.segment.grid import MapGrid, accumulate_map, map_grid
 from pathoucc.segment.maps import cluster_colors
 from pathoucc.segment.segment import Segmentation, score_segmentation, segment_tiles
@@ -61,11 +60,13 @@ def segment_run(run_dir: str | Path, tile_paths: list[str | Path], out: str | Pa
                 options: SegmentOptions | None = None, progress: bool = False,
                 slide_dir: str | Path | None = None) -> SegmentReport:
     """Segment every tile file with a trained run; outputs go to ``<out>/<slide stem>/`` (default
-    ``<run>/segments``). The run's ``kmeans-k{k}.npz`` is fitted on its training data first if absent.
+    ``<run>/segments``). Every slide is clustered with the run's shared ``kmeans-k{k}.npz`` (the ``train`` fit of
+    :class:`~pathoucc.cluster.kmeans.KMeansFit`, fitted on its training data first if absent); ``scores.json``
+    records it under ``kmeans``.
     ``slide_dir`` (default: the run's ``data.slide_dir``) holds the slides of CLAM/TRIDENT coordinate files."""
-    o = options or SegmentOptions()
+    options = options or SegmentOptions()
     run_dir = Path(run_dir)
-    dev = select_device(o.device)
+    dev = resolve_device(options.device)
     cfg, model = load_run(run_dir, dev)
     out = Path(out) if out is not None else run_dir / "segments"
     slide_dir = slide_dir if slide_dir is not None else cfg.data.slide_dir
@@ -78,22 +79,24 @@ def segment_run(run_dir: str | Path, tile_paths: list[str | Path], out: str | Pa
             raise PathouccError(f"has the same name as {seen[path.stem]}; outputs would collide", path)
         seen[path.stem] = path
         with open_tiles(path, slide_dir) as tiles:
-            check_tiles_fit_model(tiles, cfg)
-    mask = o.mask
+            check_fits_model(tiles, cfg, path)
+    mask = options.mask
     if mask is not None and not mask.exists():
         raise PathouccError("mask not found", mask)
     masks = [_mask_for(mask, p, len(paths) > 1) for p in paths]
     ensure_writable_dir(out)
-    batch_size = o.batch_size or default_batch_size(cfg)
-    cm, km_path, fitted = load_or_fit(run_dir, model, cfg, o.k, batch_size=batch_size, device=dev, progress=progress,
-                                      amp=o.amp)
-    dtype = inference_dtype(cfg, dev, o.amp)  # the precision the k-means was fitted in, by default
+    batch_size = options.batch_size or default_batch_size(cfg)
+    cm, km_path, fitted = load_or_fit(run_dir, model, cfg, options.k, batch_size=batch_size, device=dev,
+                                      progress=progress, amp=options.amp)
+    dtype = inference_dtype(cfg, dev, options.amp)  # the precision the k-means was fitted in, by default
     colors = cluster_colors(cm.k)
     report = SegmentReport(cm, km_path, fitted)
     for path, slide_mask in zip(paths, masks, strict=True):
         with open_tiles(path, slide_dir) as tiles:
             seg = segment_tiles(model, cm, tiles, batch_size, dev, progress, dtype)
             seg.scores = score_segmentation(seg, tiles, slide_mask)
+            if seg.scores is not None:  # scored with the run's shared ``train`` k-means, not a per-slide fit
+                seg.scores["kmeans"] = cm.describe() | {"path": str(km_path.resolve())}
             folder = write_segmentation(seg, tiles, out, colors, {"run": str(run_dir.resolve()),
                                                                   "kmeans": str(km_path.resolve())})
         seg.extra["folder"] = folder

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pathoucc.slides.tilefile import TileFile
+from pathoucc.slides.patchfile import PatchFile
 
 __all__ = ["MAX_MAP_VALUES", "MapGrid", "accumulate_map", "map_grid"]
 
@@ -37,7 +37,7 @@ class MapGrid:
         return np.stack([c * self.cell, r * self.cell], 1)
 
 
-def map_grid(tiles: TileFile, k: int) -> MapGrid:
+def map_grid(tiles: PatchFile, k: int) -> MapGrid:
     """The finest grid on which the tile file's patches (size P, stride S) tile exactly: cells of gcd(P, S)
     output pixels (= S when S divides P), unless that needs more than ``MAX_MAP_VALUES`` accumulators."""
     p, s = tiles.patch_size, tiles.stride

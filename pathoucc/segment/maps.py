@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image
 
 from pathoucc.files import atomic_path
-from pathoucc.slides.tilefile import TileFile
+from pathoucc.slides.patchfile import PatchFile
 
 __all__ = ["cluster_colors", "map_image", "map_on_image", "patch_mosaic", "save_overlay", "save_png"]
 
@@ -61,7 +61,7 @@ def map_on_image(cluster_map: np.ndarray, cell: float, image: np.ndarray, image_
     return np.rint(out).astype(np.uint8)
 
 
-def patch_mosaic(tiles: TileFile, size: tuple[int, int], batch_size: int = 256) -> np.ndarray:
+def patch_mosaic(tiles: PatchFile, size: tuple[int, int], batch_size: int = 256) -> np.ndarray:
     """A picture of the slide (w, h) = ``size`` px made of the tile file's own patches (white elsewhere).
 
     Used when the slide file is no longer there. Patches are read ``batch_size`` at a time.
@@ -71,7 +71,7 @@ def patch_mosaic(tiles: TileFile, size: tuple[int, int], batch_size: int = 256) 
     extent = tiles.patch_size * tiles.downsample
     out = np.full((h, w, 3), 255, np.uint8)
     for a in range(0, tiles.num_patches, batch_size):
-        patches = tiles.read_patches(slice(a, a + batch_size))
+        patches = tiles.read(slice(a, a + batch_size))
         for (x, y), patch in zip(tiles.coords[a:a + batch_size], patches, strict=True):
             x0, y0 = round(x / sx), round(y / sy)
             x1, y1 = max(x0 + 1, round((x + extent) / sx)), max(y0 + 1, round((y + extent) / sy))

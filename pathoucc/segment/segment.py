@@ -10,15 +10,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from pathoucc.cluster.features import iter_features
+from pathoucc.cluster.kmeans import ClusterModel
+from pathoucc.cluster.metrics import clustering_scores, dice_iou, match_clusters
 from pathoucc.errors import PathouccError
-from pathoucc.features import iter_features
-from pathoucc.kmeans import ClusterModel
-from pathoucc.metrics import clustering_scores, dice_iou, match_clusters
 from pathoucc.runtime import progress_bar
 from pathoucc.segment.grid import MapGrid, accumulate_map, map_grid
 from pathoucc.slides.annotations.mask import read_label_mask
 from pathoucc.slides.annotations.raster import patch_labels
-from pathoucc.slides.tilefile import TileFile
+from pathoucc.slides.patchfile import PatchFile
 
 __all__ = ["Segmentation", "score_segmentation", "segment_tiles"]
 
@@ -41,7 +41,7 @@ class Segmentation:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def segment_tiles(model: torch.nn.Module, cluster_model: ClusterModel, tiles: TileFile, batch_size: int = 256,
+def segment_tiles(model: torch.nn.Module, cluster_model: ClusterModel, tiles: PatchFile, batch_size: int = 256,
                   device: torch.device | str = "cpu", progress: bool = False,
                   dtype: torch.dtype | None = None) -> Segmentation:
     """Cluster every patch of an open tile file (streamed ``batch_size`` at a time, under autocast ``dtype``) and
@@ -72,7 +72,7 @@ def segment_tiles(model: torch.nn.Module, cluster_model: ClusterModel, tiles: Ti
                         cluster_map, tiles.labels, tiles.class_names)
 
 
-def score_segmentation(seg: Segmentation, tiles: TileFile, mask: str | Path | None = None) -> dict[str, Any] | None:
+def score_segmentation(seg: Segmentation, tiles: PatchFile, mask: str | Path | None = None) -> dict[str, Any] | None:
     """Scores against the ground truth, or None without any: the tile file's patch labels, or ``mask``.
 
     ``mask`` is a label image aligned with level 0 at any downsample (0 = unlabelled, v = class v - 1); it

@@ -25,15 +25,15 @@ from pathoucc.files import atomic_dir, write_json
 from pathoucc.segment.geojson import label_features, write_feature_collection
 from pathoucc.segment.maps import map_image, map_on_image, patch_mosaic, save_overlay, save_png
 from pathoucc.segment.segment import Segmentation
+from pathoucc.slides.patchfile import PatchFile
 from pathoucc.slides.reader import open_slide
-from pathoucc.slides.tilefile import TileFile
 
 __all__ = ["THUMBNAIL_SIZE", "write_segmentation"]
 
 THUMBNAIL_SIZE = 1024
 
 
-def write_segmentation(seg: Segmentation, tiles: TileFile, out_dir: str | Path, colors: np.ndarray,
+def write_segmentation(seg: Segmentation, tiles: PatchFile, out_dir: str | Path, colors: np.ndarray,
                        attrs: dict[str, Any] | None = None) -> Path:
     """Write all outputs of ``seg`` to ``<out_dir>/<name>/`` (replacing it), all or nothing."""
     final = Path(out_dir) / seg.name
@@ -45,7 +45,7 @@ def write_segmentation(seg: Segmentation, tiles: TileFile, out_dir: str | Path, 
     return final
 
 
-def _write_all(folder: Path, seg: Segmentation, tiles: TileFile, colors: np.ndarray, attrs: dict[str, Any]) -> None:
+def _write_all(folder: Path, seg: Segmentation, tiles: PatchFile, colors: np.ndarray, attrs: dict[str, Any]) -> None:
     _write_h5(folder / "clusters.h5", seg, tiles, attrs)
     _write_csv(folder / "clusters.csv", seg)
     _write_pictures(folder, seg, tiles, colors)
@@ -64,7 +64,7 @@ def _write_csv(path: Path, seg: Segmentation) -> None:
         writer.writerows(rows.tolist())
 
 
-def _write_pictures(folder: Path, seg: Segmentation, tiles: TileFile, colors: np.ndarray) -> None:
+def _write_pictures(folder: Path, seg: Segmentation, tiles: PatchFile, colors: np.ndarray) -> None:
     """``cluster_map.png`` and ``overlay.png`` (over the slide's thumbnail, or its patches if the slide is gone)."""
     save_png(folder / "cluster_map.png", map_image(seg.cluster_map, colors))
     try:
@@ -83,7 +83,7 @@ def _write_pictures(folder: Path, seg: Segmentation, tiles: TileFile, colors: np
                  colors, names, title=seg.name)
 
 
-def _write_h5(path: Path, seg: Segmentation, tiles: TileFile, attrs: dict[str, Any]) -> None:
+def _write_h5(path: Path, seg: Segmentation, tiles: PatchFile, attrs: dict[str, Any]) -> None:
     with h5py.File(path, "w") as f:
         f.create_dataset("coords", data=seg.coords.astype(np.int64))
         f.create_dataset("cluster", data=seg.clusters.astype(np.int64))

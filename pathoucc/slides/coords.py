@@ -11,15 +11,14 @@ patching parameters as attributes of ``coords`` (nothing else is needed here):
   ``level0_magnification``, ``target_magnification``, ``overlap``, ``name``, ``savetodir``, ``level0_width``,
   ``level0_height``.
 
-:class:`CoordsFile` reads like :class:`~pathoucc.slides.tilefile.TileFile` (``open_tiles`` returns either): a
-patch is ``patch_size`` px covering ``patch_size * downsample`` level-0 px, read from the finest pyramid level
-that is not finer than needed and resized when that level does not match exactly. Coordinate files carry no
+:class:`CoordsFile` is a :class:`~pathoucc.slides.patchfile.PatchFile` like a tile file (``open_tiles`` returns
+either): a patch is ``patch_size`` px covering ``patch_size * downsample`` level-0 px, read from the finest pyramid
+level that is not finer than needed and resized when that level does not match exactly. Coordinate files carry no
 class labels or regions.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -29,6 +28,7 @@ import numpy as np
 from PIL import Image
 
 from pathoucc.errors import PathouccError
+from pathoucc.slides.patchfile import PatchFile
 from pathoucc.slides.reader import Slide, open_slide
 
 __all__ = ["CoordsFile", "coords_layout", "read_coords_file"]
@@ -50,47 +50,20 @@ def coords_layout(f: h5py.File) -> Layout | None:
     return None
 
 
-@dataclass
-class CoordsFile:
-    """A CLAM or TRIDENT coordinate file and its slide. Metadata is read eagerly; pixels by :meth:`read_patches`."""
+@dataclass(kw_only=True)
+class CoordsFile(PatchFile):
+    """A CLAM or TRIDENT coordinate file and its slide (``layout`` ``clam`` or ``trident``); pixels are read from
+    the slide at ``patch_level`` and resized to ``patch_size`` when that level does not match exactly."""
 
-    path: Path
-    layout: Layout
-    coords: np.ndarray  # (N, 2) int64 level-0 (x, y)
-    patch_size: int  # output px per side
-    patch_level: int  # the pyramid level read (then resized by ``scale``)
-    downsample: float  # level-0 px per output px
-    stride: int  # output px between neighbouring patches
-    level_dimensions: tuple[int, int]  # the slide in output px (W, H)
-    slide_path: str
-    slide_dimensions: tuple[int, int]
-    mpp: tuple[float, float] | None
-    tissue_threshold: float = math.nan
-    class_names: list[str] | None = None
-    labels: np.ndarray | None = None
-    region: np.ndarray | None = None
-    region_boxes: np.ndarray | None = None
-    region_ucc: np.ndarray | None = None
     _slide: Slide | None = field(default=None, repr=False)
-
-    @property
-    def num_patches(self) -> int:
-        return len(self.coords)
-
-    @property
-    def num_regions(self) -> int:
-        return 0
 
     @property
     def extent(self) -> int:
         """Level-0 px per patch side."""
         return max(1, round(self.patch_size * self.downsample))
 
-    def read_patches(self, index: int | slice | np.ndarray | list[int]) -> np.ndarray:
-        """Patches ``index`` (int, slice or integer array, any order) as (n, P, P, 3) uint8, read from the slide."""
-        if isinstance(index, (int, np.integer)):
-            index = [int(index)]
-        chosen = self.coords[index] if isinstance(index, slice) else self.coords[_checked(index, self.num_patches)]
+    def _read_pixels(self, index: slice | np.ndarray) -> np.ndarray:
+        chosen = self.coords[index]
         if self._slide is None:
             self._slide = open_slide(self.slide_path)
         slide, p = self._slide, self.patch_size
@@ -109,23 +82,10 @@ class CoordsFile:
             self._slide.close()
             self._slide = None
 
-    def __enter__(self) -> CoordsFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __getstate__(self) -> dict:  # picklable for DataLoader workers: each reopens the slide
         state = self.__dict__.copy()
         state["_slide"] = None
         return state
-
-
-def _checked(index: np.ndarray | list[int], n: int) -> np.ndarray:
-    index = np.asarray(index, dtype=np.int64).ravel()
-    if index.size and (index.min() < -n or index.max() >= n):
-        raise IndexError(f"patch index out of range for {n} patches")
-    return index
 
 
 def read_coords_file(f: h5py.File, path: Path, layout: Layout, slide: str | Path | None = None) -> CoordsFile:

@@ -26,7 +26,8 @@ import h5py
 import numpy as np
 
 from pathoucc.errors import PathouccError
-from pathoucc.slides.coords import CoordsFile, coords_layout, read_coords_file
+from pathoucc.slides.coords import coords_layout, read_coords_file
+from pathoucc.slides.patchfile import PatchFile
 
 __all__ = ["FORMAT_VERSION", "TileFile", "open_tiles"]
 
@@ -34,49 +35,18 @@ FORMAT_VERSION = 1
 GRID_ATTRS = ("patch_size", "patch_level", "downsample", "stride", "level_dimensions")
 
 
-@dataclass
-class TileFile:
-    """A validated tiles file. Metadata is loaded eagerly; pixels are read on demand by :meth:`read_patches`."""
+@dataclass(kw_only=True)
+class TileFile(PatchFile):
+    """A validated tiles file of ``pathoucc tile``: the patches are stored in it (``/patches``)."""
 
-    path: Path
-    coords: np.ndarray
-    patch_size: int
-    patch_level: int
-    downsample: float
-    stride: int
-    level_dimensions: tuple[int, int]
-    slide_path: str
-    slide_dimensions: tuple[int, int]
-    mpp: tuple[float, float] | None
-    tissue_threshold: float
-    class_names: list[str] | None = None
-    labels: np.ndarray | None = None
-    region: np.ndarray | None = None
-    region_boxes: np.ndarray | None = None
-    region_ucc: np.ndarray | None = None
     _file: h5py.File | None = field(default=None, repr=False)
 
-    @property
-    def num_patches(self) -> int:
-        return len(self.coords)
-
-    @property
-    def num_regions(self) -> int:
-        return 0 if self.region_boxes is None else len(self.region_boxes)
-
-    def read_patches(self, index: int | slice | np.ndarray | list[int]) -> np.ndarray:
-        """Patches ``index`` (int, slice or integer array, any order) as (n, P, P, 3) uint8."""
+    def _read_pixels(self, index: slice | np.ndarray) -> np.ndarray:
         if self._file is None:
             self._file = h5py.File(self.path, "r")
         data = self._file["patches"]
-        if isinstance(index, (int, np.integer)):
-            return data[int(index)][None]
         if isinstance(index, slice):
             return data[index]
-        index = np.asarray(index, dtype=np.int64).ravel()
-        if index.size and (index.min() < -self.num_patches or index.max() >= self.num_patches):
-            raise IndexError(f"patch index out of range for {self.num_patches} patches")
-        index = index % max(self.num_patches, 1)
         unique, inverse = np.unique(index, return_inverse=True)
         return data[unique][inverse.ravel()] if unique.size else np.zeros((0, *data.shape[1:]), np.uint8)
 
@@ -85,24 +55,18 @@ class TileFile:
             self._file.close()
             self._file = None
 
-    def __enter__(self) -> TileFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
     def __getstate__(self) -> dict:  # picklable for DataLoader workers: each reopens the file
         state = self.__dict__.copy()
         state["_file"] = None
         return state
 
 
-def open_tiles(path: str | Path, slide: str | Path | None = None) -> TileFile | CoordsFile:
+def open_tiles(path: str | Path, slide: str | Path | None = None) -> PatchFile:
     """Open and validate a tiles file; :class:`PathouccError` names the file and what is wrong or missing.
 
-    A coords-only file written by CLAM or TRIDENT opens as a :class:`~pathoucc.slides.coords.CoordsFile` (same
-    reading interface, pixels read from its slide): ``slide`` is that slide or a folder holding it (default: by
-    the file's ``name`` attribute, next to the file or up to two folders up)."""
+    A coords-only file written by CLAM or TRIDENT opens as a :class:`~pathoucc.slides.coords.CoordsFile` (the
+    same :class:`~pathoucc.slides.patchfile.PatchFile`, pixels read from its slide): ``slide`` is that slide or a
+    folder holding it (default: by the file's ``name`` attribute, next to the file or up to two folders up)."""
     path = Path(path)
     if not path.is_file():
         raise PathouccError("tiles file not found", path)

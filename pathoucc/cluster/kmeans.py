@@ -1,4 +1,17 @@
-"""A k-means model fitted once per run and saved in the run folder, so a cluster means the same on every slide.
+"""k-means in the run's feature space, and which features each k-means is fitted on (:class:`KMeansFit`).
+
+Two fits, one rule each, named in every scores file (``kmeans.fit`` and ``kmeans.fitted_on``):
+
+- ``heldout`` (:func:`fit_on_heldout`, ``pathoucc evaluate`` -> ``metrics.json``): transductive, on the scored
+  split's own features, as the UCC paper scores MNIST: on its labelled instances, or on all of them when none
+  carries a label; fitted anew at every evaluation and not saved.
+- ``train`` (:func:`fit_on_train`, ``pathoucc cluster`` / ``segment`` -> ``scores.json``): the run's shared
+  ``kmeans-k{K}.npz``, fitted once on a seeded subset of at most ``MAX_FIT_PATCHES`` training patches (every patch
+  of the training tile files, or the ``train`` split of MNIST/IDX) and reused on every slide, so a cluster means
+  the same on every slide.
+
+(The count-consistent refinement fits its own k-means on the training region patches each round, on the same
+:func:`~pathoucc.data.pool.subsample` of at most ``MAX_FIT_PATCHES``.)
 
 ``<run>/kmeans-k{K}.npz`` holds ``centers`` (K, J) float32, ``k``, ``seed``, ``temperature`` (the mean squared
 distance of the fitting features to their centre, the scale of the soft assignments) and ``source`` (what it
@@ -10,30 +23,40 @@ from __future__ import annotations
 import json
 import zipfile
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
 
-from pathoucc.config import Config
-from pathoucc.data.sources import load_pools
-from pathoucc.errors import PathouccError
-from pathoucc.features import (
-    check_tiles_fit_model,
+from pathoucc.cluster.features import (
+    check_fits_model,
     default_batch_size,
-    extract_features,
     inference_dtype,
     iter_features,
+    resolve_device,
 )
+from pathoucc.config import Config
+from pathoucc.data.pool import Pool, subsample
+from pathoucc.data.sources import load_pools, pool_from_tiles
+from pathoucc.errors import PathouccError
 from pathoucc.files import atomic_path
 from pathoucc.run import kmeans_path, load_run
-from pathoucc.runtime import progress_bar, select_device
+from pathoucc.runtime import progress_bar
 from pathoucc.slides.tilefile import open_tiles
 
-__all__ = ["ClusterModel", "cluster_run", "default_k", "fit_cluster_model", "fit_kmeans", "load_or_fit"]
+__all__ = ["MAX_FIT_PATCHES", "ClusterModel", "HeldoutFit", "KMeansFit", "cluster_run", "default_k", "fit_kmeans",
+           "fit_on_heldout", "fit_on_train", "load_or_fit", "training_pool"]
 
 MAX_FIT_PATCHES = 100_000  # at most this many training patches (a seeded random subset) are used to fit
+
+
+class KMeansFit(StrEnum):
+    """Which features a k-means is fitted on (see the module docstring)."""
+
+    HELDOUT = "heldout"  # the scored split's own features (transductive), per evaluation
+    TRAIN = "train"  # a seeded subset of <= MAX_FIT_PATCHES training patches: the run's kmeans-k{K}.npz
 
 
 def fit_kmeans(features: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> KMeans:
@@ -56,6 +79,12 @@ class ClusterModel:
     seed: int = 0
     temperature: float = 1.0
     source: str = ""
+    fit: KMeansFit = KMeansFit.TRAIN  # a saved k-means is always the run's ``train`` fit
+
+    def describe(self) -> dict[str, str | int]:
+        """What a scores file records of this k-means: ``fit`` (its :class:`KMeansFit`), ``fitted_on``, ``k``,
+        ``seed``."""
+        return {"fit": self.fit.value, "fitted_on": self.source, "k": self.k, "seed": self.seed}
 
     @property
     def k(self) -> int:
@@ -133,59 +162,76 @@ def default_k(cfg: Config, tile_paths: list[str | Path] | None = None) -> int:
     return load_pools(cfg.data, ("train",))["train"].num_classes
 
 
-def fit_cluster_model(model: torch.nn.Module, cfg: Config, k: int, tile_paths: list[str | Path] | None = None,
-                      batch_size: int = 256, device: torch.device | str = "cpu", progress: bool = False,
-                      max_patches: int = MAX_FIT_PATCHES, amp: bool | None = None) -> ClusterModel:
-    """Fit k-means (``cfg.seed``, ``cfg.eval.n_init``) on the features of the training data.
+def _cluster_model(km: KMeans, n: int, seed: int, fit: KMeansFit, source: str) -> ClusterModel:
+    temperature = max(float(km.inertia_) / n, 1e-8)
+    return ClusterModel(km.cluster_centers_.astype(np.float32), seed, temperature, source, fit)
 
-    Training data are ``tile_paths`` if given, else the config's ``data.train_tiles`` for a ``tiles`` source,
-    else the ``train`` split of an MNIST/IDX source. At most ``max_patches`` patches (seeded subset). Features in
-    mixed precision with ``amp`` (default ``eval.amp``), read from the tile files batch by batch.
-    """
-    dtype = inference_dtype(cfg, device, amp)
+
+def training_pool(cfg: Config, tile_paths: list[str | Path] | None = None) -> tuple[Pool, str]:
+    """The training patches of the ``train`` fit and a description of them: ``tile_paths`` if given, else the
+    config's ``data.train_tiles`` for a ``tiles`` source (every patch, read on demand), else the ``train`` split
+    of an MNIST/IDX source."""
     if tile_paths or cfg.data.source == "tiles":
-        paths = [Path(p) for p in (tile_paths or cfg.data.train_tiles)]
+        paths = [str(p) for p in (tile_paths or cfg.data.train_tiles)]
         if not paths:
             raise PathouccError("the run's config lists no data.train_tiles to fit k-means on; pass --tiles")
-        features, source = _tile_features(model, cfg, paths, batch_size, device, progress, max_patches, dtype), \
-            json.dumps([str(p) for p in paths])
-    else:
-        pool = load_pools(cfg.data, ("train",))["train"]
-        if len(pool) > max_patches:
-            keep = np.sort(np.random.default_rng(cfg.seed).choice(len(pool), max_patches, replace=False))
-            pool = type(pool)(pool.images[keep], pool.labels[keep])
-        features = extract_features(model, pool, batch_size, device, dtype=dtype)
-        source = f"{cfg.data.source} train split ({cfg.data.root})"
-    if len(features) < k:
-        raise PathouccError(f"only {len(features)} training patches for k={k} clusters")
+        pool = pool_from_tiles(paths, need_regions=False, slide_dir=cfg.data.slide_dir, streaming=True)
+        check_fits_model(pool, cfg, paths[0])  # the files share one patch size (pool_from_tiles checks)
+        return pool, json.dumps(paths)
+    return load_pools(cfg.data, ("train",))["train"], f"{cfg.data.source} train split ({cfg.data.root})"
+
+
+def fit_on_train(model: torch.nn.Module, cfg: Config, k: int, tile_paths: list[str | Path] | None = None,
+                 batch_size: int = 256, device: torch.device | str = "cpu", progress: bool = False,
+                 max_patches: int = MAX_FIT_PATCHES, amp: bool | None = None) -> ClusterModel:
+    """The ``train`` fit: k-means (``cfg.seed``, ``cfg.eval.n_init``) on the features of a seeded subset of at
+    most ``max_patches`` patches of :func:`training_pool`, in mixed precision with ``amp`` (default
+    ``eval.amp``), read batch by batch."""
+    pool, source = training_pool(cfg, tile_paths)
+    rows = subsample(len(pool), max_patches, cfg.seed)
+    if len(rows) < k:
+        raise PathouccError(f"only {len(rows)} training patches for k={k} clusters")
+    dtype = inference_dtype(cfg, device, amp)
+    parts = []
+    with progress_bar(progress, "k-means features", len(rows)) as advance:
+        for _, f in iter_features(model, pool, batch_size, device, rows, dtype):
+            parts.append(f)
+            advance(len(f))
+    features = np.concatenate(parts)
     km = fit_kmeans(features, k, cfg.seed, cfg.eval.n_init)
-    temperature = max(float(km.inertia_) / len(features), 1e-8)
-    return ClusterModel(km.cluster_centers_.astype(np.float32), cfg.seed, temperature, source)
+    return _cluster_model(km, len(features), cfg.seed, KMeansFit.TRAIN, source)
 
 
-def _tile_features(model: torch.nn.Module, cfg: Config, paths: list[Path], batch_size: int,
-                   device: torch.device | str, progress: bool,
-                   max_patches: int, dtype: torch.dtype | None = None) -> np.ndarray:
-    files = [open_tiles(p, cfg.data.slide_dir) for p in paths]
-    try:
-        for tiles in files:
-            check_tiles_fit_model(tiles, cfg)
-        sizes = np.array([t.num_patches for t in files])
-        total = int(sizes.sum())
-        chosen = np.arange(total) if total <= max_patches else np.sort(
-            np.random.default_rng(cfg.seed).choice(total, max_patches, replace=False))
-        offsets = np.concatenate([[0], np.cumsum(sizes)])
-        out = []
-        with progress_bar(progress, "k-means features", len(chosen)) as advance:
-            for i, tiles in enumerate(files):
-                index = chosen[(chosen >= offsets[i]) & (chosen < offsets[i + 1])] - offsets[i]
-                for _, f in iter_features(model, tiles, batch_size, device, index, dtype):
-                    out.append(f)
-                    advance(len(f))
-        return np.concatenate(out)
-    finally:
-        for tiles in files:
-            tiles.close()
+@dataclass
+class HeldoutFit:
+    """The ``heldout`` fit of a split: its k-means and the cluster of every instance.
+
+    clusters : (N,) int64; fitted : (N,) bool, the instances the k-means was fitted on.
+    """
+
+    kmeans: ClusterModel
+    clusters: np.ndarray
+    fitted: np.ndarray
+
+
+def fit_on_heldout(features: np.ndarray, labels: np.ndarray, k: int, seed: int, n_init: int,
+                   split: str) -> HeldoutFit:
+    """The ``heldout`` fit: k-means on the ``split``'s own features ``(N, J)``: on its labelled instances
+    (``labels`` (N,) >= 0), or on all when none is labelled; the others take the nearest centre."""
+    labelled = labels >= 0
+    fitted = labelled if labelled.any() else np.ones(len(labels), bool)
+    n = int(fitted.sum())
+    if n < k:
+        raise PathouccError(f"only {n} {split} instances to fit k={k} clusters")
+    km = fit_kmeans(features[fitted], k, seed, n_init)
+    source = (f"{split} split: its {n} labelled instances (of {len(labels)})" if labelled.any()
+              else f"{split} split: all {n} instances (none labelled)")
+    cm = _cluster_model(km, n, seed, KMeansFit.HELDOUT, source)
+    clusters = np.empty(len(labels), np.int64)
+    clusters[fitted] = km.labels_  # sklearn's own assignment of the fitted rows (today's scores exactly)
+    if not fitted.all():
+        clusters[~fitted] = cm.predict(features[~fitted])
+    return HeldoutFit(cm, clusters, fitted)
 
 
 def load_or_fit(run_dir: str | Path, model: torch.nn.Module, cfg: Config, k: int | None = None,
@@ -202,17 +248,18 @@ def load_or_fit(run_dir: str | Path, model: torch.nn.Module, cfg: Config, k: int
     path = kmeans_path(run_dir, k)
     if path.exists() and not refit:
         return ClusterModel.load(path, model.num_features), path, False
-    cm = fit_cluster_model(model, cfg, k, tile_paths, batch_size, device, progress, amp=amp)
+    cm = fit_on_train(model, cfg, k, tile_paths, batch_size, device, progress, amp=amp)
     cm.save(path)
     return cm, path, True
 
 
 def cluster_run(run_dir: str | Path, k: int | None = None, tile_paths: list[str | Path] | None = None,
-                batch_size: int | None = None, device: str = "auto", progress: bool = False,
+                batch_size: int | None = None, device: torch.device | str = "auto", progress: bool = False,
                 amp: bool | None = None) -> tuple[ClusterModel, Path]:
-    """(Re)fit the run's shared k-means on its training data (or ``tile_paths``) and save ``kmeans-k{k}.npz``
-    (features in mixed precision with ``amp``, default ``eval.amp``)."""
-    dev = select_device(device)
+    """(Re)fit the run's shared k-means (the ``train`` fit) on its training data (or ``tile_paths``) on ``device``
+    (auto, cpu, cuda or a torch device) and save ``kmeans-k{k}.npz`` (features in mixed precision with ``amp``,
+    default ``eval.amp``)."""
+    dev = resolve_device(device)
     cfg, model = load_run(run_dir, dev)
     cm, path, _ = load_or_fit(run_dir, model, cfg, k, tile_paths, refit=True,
                               batch_size=batch_size or default_batch_size(cfg), device=dev, progress=progress,

@@ -1,37 +1,30 @@
-"""Features of instances: a trained model's ``extract_features`` over an instance pool or a tile file, batched.
+"""Features of instances: a trained model's ``extract_features`` over anything that reads instances, batched.
 
-One extractor serves all: an :class:`~pathoucc.data.pool.InstancePool` (in memory), a
-:class:`~pathoucc.data.stream.StreamingPool` and an open :class:`~pathoucc.slides.tilefile.TileFile` (read
-``batch_size`` patches at a time, so memory does not grow with the slide or the cohort).
+One extractor serves every :class:`~pathoucc.data.pool.Instances`: an in-memory or streamed pool and an open tile
+or coords file (read ``batch_size`` patches at a time, so memory does not grow with the slide or the cohort).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from pathoucc.config import Config
 from pathoucc.data.loader import to_model_input
-from pathoucc.data.pool import InstancePool
-from pathoucc.data.stream import StreamingPool
+from pathoucc.data.pool import Instances
 from pathoucc.errors import PathouccError
 from pathoucc.models.encoders import TimmEncoder
-from pathoucc.runtime import autocast, autocast_dtype
-from pathoucc.slides.tilefile import TileFile
+from pathoucc.runtime import autocast, autocast_dtype, select_device
 
-__all__ = ["check_tiles_fit_model", "default_batch_size", "extract_features", "inference_dtype", "iter_features"]
-
-
-def _pixels(source: InstancePool | StreamingPool | TileFile, index: np.ndarray | slice) -> torch.Tensor:
-    """Instances ``index`` of ``source`` as ``(n, H, W, C)`` uint8."""
-    images = source.read(index) if isinstance(source, (InstancePool, StreamingPool)) else source.read_patches(index)
-    return torch.from_numpy(np.ascontiguousarray(images))
+__all__ = ["check_fits_model", "default_batch_size", "extract_features", "inference_dtype", "iter_features",
+           "resolve_device"]
 
 
 @torch.no_grad()
-def iter_features(model: torch.nn.Module, source: InstancePool | StreamingPool | TileFile, batch_size: int = 256,
+def iter_features(model: torch.nn.Module, source: Instances, batch_size: int = 256,
                   device: torch.device | str = "cpu", index: np.ndarray | None = None,
                   dtype: torch.dtype | None = None) -> Iterator[tuple[slice, np.ndarray]]:
     """Stream features: yields ``(positions, features (n, J) float32)``, ``batch_size`` instances at a time.
@@ -46,17 +39,17 @@ def iter_features(model: torch.nn.Module, source: InstancePool | StreamingPool |
     model.eval()
     if device.type == "cpu" and isinstance(getattr(model, "encoder", None), TimmEncoder):
         model.to(memory_format=torch.channels_last)  # the pixels arrive channels-last already
-    n = len(source) if isinstance(source, (InstancePool, StreamingPool)) else source.num_patches
-    n = n if index is None else len(index)
+    n = len(source) if index is None else len(index)
     for a in range(0, n, batch_size):
         where = slice(a, min(n, a + batch_size))
-        x = to_model_input(_pixels(source, where if index is None else index[where]), device)
+        pixels = source.read(where if index is None else index[where])
+        x = to_model_input(torch.from_numpy(np.ascontiguousarray(pixels)), device)
         with autocast(device, dtype):
             features = model.extract_features(x)
         yield where, features.float().cpu().numpy()
 
 
-def extract_features(model: torch.nn.Module, source: InstancePool | StreamingPool | TileFile,
+def extract_features(model: torch.nn.Module, source: Instances,
                      batch_size: int = 1024, device: torch.device | str = "cpu", index: np.ndarray | None = None,
                      dtype: torch.dtype | None = None) -> np.ndarray:
     """Features ``(N, J)`` float32 of every instance of ``source`` (or of ``index``), under autocast ``dtype``."""
@@ -66,15 +59,18 @@ def extract_features(model: torch.nn.Module, source: InstancePool | StreamingPoo
     return np.concatenate(parts)
 
 
-def check_tiles_fit_model(tiles: TileFile, cfg: Config) -> None:
-    """Raise :class:`PathouccError` naming the tile file unless its patches are what the model takes."""
-    if cfg.model.in_chans != 3:
-        raise PathouccError(f"tile patches are RGB (3 channels) but the run's model expects "
-                            f"{cfg.model.in_chans}-channel inputs (model.in_chans)", tiles.path)
-    if tiles.patch_size != cfg.model.input_size:
-        raise PathouccError(f"patch size {tiles.patch_size} px differs from the model's input size "
+def check_fits_model(source: Instances, cfg: Config, path: str | Path) -> None:
+    """Raise :class:`PathouccError` naming ``path`` (the tile file) unless the instances of ``source`` (shape
+    (C, H, W)) are what the run's model takes."""
+    channels, height, width = source.shape
+    if channels != cfg.model.in_chans:
+        kind = "RGB (3 channels)" if channels == 3 else f"{channels}-channel"
+        raise PathouccError(f"tile patches are {kind} but the run's model expects "
+                            f"{cfg.model.in_chans}-channel inputs (model.in_chans)", path)
+    if (height, width) != (cfg.model.input_size, cfg.model.input_size):
+        raise PathouccError(f"patch size {height} px differs from the model's input size "
                             f"{cfg.model.input_size} px (model.input_size); tile the slide with "
-                            f"--patch-size {cfg.model.input_size}", tiles.path)
+                            f"--patch-size {cfg.model.input_size}", path)
 
 
 def default_batch_size(cfg: Config) -> int:
@@ -86,3 +82,8 @@ def inference_dtype(cfg: Config, device: torch.device | str, amp: bool | None = 
     """The autocast type of feature extraction: ``amp`` (default ``eval.amp``) on ``device`` (bf16 on CPUs with
     native bf16 and bf16 GPUs, fp16 on other GPUs, else fp32 = None)."""
     return autocast_dtype(torch.device(device), cfg.eval.amp if amp is None else amp)
+
+
+def resolve_device(device: torch.device | str) -> torch.device:
+    """A torch device as given, or the device named ``auto``, ``cpu`` or ``cuda`` (:func:`runtime.select_device`)."""
+    return torch.device(device) if not isinstance(device, str) else select_device(device)
