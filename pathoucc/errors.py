@@ -21,7 +21,7 @@ def quote(value: object, limit: int = MAX_QUOTE) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _one_line(text: str, limit: int = MAX_MESSAGE) -> str:
+def one_line(text: str, limit: int = MAX_MESSAGE) -> str:
     """``text`` on one line (line breaks become spaces), cut to ``limit`` characters with "…"."""
     text = " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -36,7 +36,7 @@ class PathouccError(Exception):
 
     def __init__(self, message: str, path: str | Path | None = None) -> None:
         self.path = None if path is None else Path(path)
-        super().__init__(_one_line(f"{path}: {message}" if path is not None else message))
+        super().__init__(one_line(f"{path}: {message}" if path is not None else message))
 
 
 class TrainingInterrupted(Exception):
