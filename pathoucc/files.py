@@ -22,6 +22,7 @@ import yaml
 from pathoucc.errors import PathouccError
 
 MAX_YAML_NODES = 100_000  # nodes a YAML document may hold once its aliases are expanded (configs hold ~100)
+MAX_YAML_DEPTH = 100  # nesting levels of a YAML document (configs have 3; PyYAML scans deep flow nesting slowly)
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # errno values of a full disk or quota
 _NEARLY_FULL = 1 << 20  # bytes: less free space than this after a failed write means the disk filled up
 
@@ -212,10 +213,10 @@ def read_yaml(path: str | Path, what: str = "file") -> Any:
 
 def parse_yaml(text: str, source: str | Path = "YAML") -> Any:
     """``yaml.safe_load(text)`` (standard tags only: no objects, no code) that refuses documents whose aliases
-    expand past :data:`MAX_YAML_NODES` nodes ("billion laughs"), recursive aliases and nesting too deep to parse:
-    each a :class:`PathouccError` naming ``source``. Anchors and aliases within the budget work as usual; malformed
-    YAML raises ``yaml.YAMLError``."""
-    loader = yaml.SafeLoader(text)
+    expand past :data:`MAX_YAML_NODES` nodes ("billion laughs"), recursive aliases and nesting deeper than
+    :data:`MAX_YAML_DEPTH`: each a :class:`PathouccError` naming ``source``. Anchors and aliases within the budget
+    work as usual; malformed YAML raises ``yaml.YAMLError``."""
+    loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
@@ -232,6 +233,20 @@ def parse_yaml(text: str, source: str | Path = "YAML") -> Any:
 
 class _Refused(Exception):
     pass
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing to nest deeper than :data:`MAX_YAML_DEPTH` while it scans (before any recursion)."""
+
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        if self.flow_level >= MAX_YAML_DEPTH:
+            raise _Refused(f"YAML nested more than {MAX_YAML_DEPTH} levels deep")
+        super().fetch_flow_collection_start(token_class)
+
+    def add_indent(self, column: int) -> bool:
+        if len(self.indents) >= MAX_YAML_DEPTH:
+            raise _Refused(f"YAML nested more than {MAX_YAML_DEPTH} levels deep")
+        return super().add_indent(column)
 
 
 def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
