@@ -24,7 +24,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="Weakly supervised clustering and segmentation from unique class counts (UCC).")
 _state = {"debug": False}  # set by the global callback from --debug (before the command), read by main()
 
-# typer >= 0.22 raises its own copy of click's exceptions, older typer click's: BadParameter -> UsageError -> this
+# recent typer raises its own copy of click's exceptions, older typer click's own: BadParameter -> UsageError -> this
 _ClickException = typer.BadParameter.__base__.__base__
 
 # the help panels of `pathoucc tile` (after its slide arguments): typer.Option in each panel
