@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import sys
-from enum import StrEnum
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from pathoucc.config import SegmentOptions, TileOptions, load_config, validate_options
-from pathoucc.errors import PathouccError, TrainingInterrupted
+from pathoucc.config import Compression, SegmentOptions, Split, TileOptions, load_config, validate_options
+from pathoucc.config import Device as DeviceChoice
+from pathoucc.errors import PathouccError, TrainingInterrupted, one_line
 from pathoucc.files import write_json
 from pathoucc.slides.tiler import tile_slides
 
@@ -22,22 +22,29 @@ from pathoucc.slides.tiler import tile_slides
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Weakly supervised clustering and segmentation from unique class counts (UCC).")
-_state = {"debug": False}
+_state = {"debug": False}  # set by the global callback from --debug (before the command), read by main()
+
+# recent typer raises its own copy of click's exceptions, older typer click's own: BadParameter -> UsageError -> this
+_ClickException = typer.BadParameter.__base__.__base__
+
+# the help panels of `pathoucc tile` (after its slide arguments): typer.Option in each panel
+_slides, _output, _patches, _tissue, _labels = (partial(typer.Option, rich_help_panel=panel) for panel in (
+    "Slides: a list, a shard", "Output", "Patches: size, level, reading", "Tissue", "Annotations: labels, counts"))
 
 # options shared by several commands, declared once
 RunFolder = Annotated[Path, typer.Argument(help="Run folder written by `pathoucc train`")]
 Overrides = Annotated[list[str] | None, typer.Option("--set", help="Override a config value: a.b=value")]
 Clusters = Annotated[int | None, typer.Option("--k", help="Clusters (default: eval.k or the training classes)")]
 BatchSize = Annotated[int | None, typer.Option(help="Patches per forward pass")]
-DeviceName = StrEnum("DeviceName", {"AUTO": "auto", "CPU": "cpu", "CUDA": "cuda"})  # where features are computed
-Split = StrEnum("Split", {"TEST": "test", "VAL": "val"})  # a held-out split
-Device = Annotated[DeviceName, typer.Option(help="auto (CUDA when present), cpu or cuda")]
+Device = Annotated[DeviceChoice, typer.Option(help="Where to compute (auto: cuda when available, else cpu)")]
 Amp = Annotated[bool | None, typer.Option("--amp/--fp32", help="Mixed-precision features (bf16 where the hardware "
                                           "has it) or fp32 (default: the run's eval.amp)")]
 
 
 @app.callback()
-def _global(debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False) -> None:
+def _global(debug: Annotated[bool, typer.Option(
+        "--debug", help="Show full tracebacks on errors. Give it before the command: pathoucc --debug train ...")
+        ] = False) -> None:
     _state["debug"] = debug
 
 
@@ -74,7 +81,7 @@ def train(
 def evaluate(
     run: RunFolder,
     split: Annotated[Split | None, typer.Option(help="Split to score (default: the config's eval.split)")] = None,
-    device: Device = DeviceName.AUTO,
+    device: Device = "auto",
 ) -> None:
     """Cluster the held-out split with the run's features; score it (with labels: ACC, NMI, ARI) -> metrics.json"""
     from pathoucc.cluster import evaluate_run
@@ -85,29 +92,28 @@ def evaluate(
 
 @app.command()
 def tile(
-    out: Annotated[Path, typer.Option("--out", help="Output folder: <stem>.h5 and <stem>_tissue.png per slide")],
+    out: Annotated[Path, _output("--out", help="Output folder: <stem>.h5 and <stem>_tissue.png per slide")],
     slides: Annotated[list[Path] | None, typer.Argument(help="Slide files (SVS, tiled TIFF, NDPI, ..., PNG/JPEG)",
                                                         show_default=False)] = None,
-    slide_list: Annotated[Path | None, typer.Option(help="Text file of slide paths, one per line")] = None,
-    shard: Annotated[str | None, typer.Option(help="Tile only shard I of N (1-based): I/N, e.g. for SLURM arrays")
-                     ] = None,
-    patch_size: Annotated[int, typer.Option(help="Patch side in output-level pixels")] = 224,
-    stride: Annotated[int | None, typer.Option(help="Grid step in output-level pixels (default: patch size)")] = None,
-    level: Annotated[int | None, typer.Option(help="Pyramid level to read")] = None,
-    magnification: Annotated[float | None, typer.Option(help="Objective magnification, e.g. 20")] = None,
-    mpp: Annotated[float | None, typer.Option(help="Microns per output pixel, e.g. 0.5")] = None,
-    downsample: Annotated[float | None, typer.Option(help="Level-0 pixels per output pixel")] = None,
-    tissue_threshold: Annotated[float, typer.Option(help="Minimum tissue fraction of a kept patch")] = 0.5,
-    region_size: Annotated[int, typer.Option(help="Region (bag) side in output pixels, with --mask/--geojson")] = 512,
-    mask: Annotated[Path | None, typer.Option(help="Label-mask image (or folder of <stem>.png masks)")] = None,
-    geojson: Annotated[Path | None, typer.Option(help="QuPath GeoJSON: count-only regions (ucc/classes) or class "
-                                                      "polygons (or a folder of <stem>.geojson)")] = None,
-    regions_csv: Annotated[Path | None, typer.Option(help="CSV of regions: slide,x,y,width,height,ucc")] = None,
-    classes: Annotated[str | None, typer.Option(help="Class names in index order, comma-separated: a,b,c")] = None,
-    zero_is_background: Annotated[bool, typer.Option(help="Mask value 0 = unlabelled, v = class v-1")] = True,
-    workers: Annotated[int | None, typer.Option(help="Reader threads (default: min(4, CPUs))")] = None,
-    compression: Annotated[str, typer.Option(help="Patch compression: gzip, lzf or none")] = "gzip",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Re-tile slides whose output exists")] = False,
+    slide_list: Annotated[Path | None, _slides(help="Text file of slide paths, one per line")] = None,
+    shard: Annotated[str | None, _slides(help="Tile only shard I of N (1-based), e.g. 2/8 in a SLURM array")] = None,
+    patch_size: Annotated[int, _patches(help="Patch side in output-level pixels")] = 224,
+    stride: Annotated[int | None, _patches(help="Grid step in output-level pixels (default: patch size)")] = None,
+    level: Annotated[int | None, _patches(help="Pyramid level to read")] = None,
+    magnification: Annotated[float | None, _patches(help="Objective magnification, e.g. 20")] = None,
+    mpp: Annotated[float | None, _patches(help="Microns per output pixel, e.g. 0.5")] = None,
+    downsample: Annotated[float | None, _patches(help="Level-0 pixels per output pixel")] = None,
+    tissue_threshold: Annotated[float, _tissue(help="Minimum tissue fraction of a kept patch")] = 0.5,
+    region_size: Annotated[int, _labels(help="Region (bag) side in output pixels, with --mask/--geojson")] = 512,
+    mask: Annotated[Path | None, _labels(help="Label-mask image (or folder of <stem>.png masks)")] = None,
+    geojson: Annotated[Path | None, _labels(help="QuPath GeoJSON: count-only regions (ucc/classes) or class "
+                                                 "polygons (or a folder of <stem>.geojson)")] = None,
+    regions_csv: Annotated[Path | None, _labels(help="CSV of regions: slide,x,y,width,height,ucc")] = None,
+    classes: Annotated[str | None, _labels(help="Class names in index order, comma-separated: a,b,c")] = None,
+    zero_is_background: Annotated[bool, _labels(help="Mask value 0 = unlabelled, v = class v-1")] = True,
+    workers: Annotated[int | None, _patches(help="Reader threads (default: min(4, CPUs))")] = None,
+    compression: Annotated[Compression, _output(help="Patch compression in the tile files")] = "gzip",
+    overwrite: Annotated[bool, _output("--overwrite", help="Re-tile slides whose output exists")] = False,
 ) -> None:
     """Cut slides into tissue patches (one HDF5 per slide), with patch labels and region counts if annotated."""
     from pathoucc.slides.cohort import parse_shard, read_slide_list, shard_slides
@@ -131,13 +137,9 @@ def tile(
         downsample=downsample, tissue_threshold=tissue_threshold, region_size=region_size,
         classes=[c.strip() for c in classes.split(",") if c.strip()] if classes else None,
         zero_is_background=zero_is_background, workers=workers, compression=compression, overwrite=overwrite))
-
-    def report_error(_path: Path, message: str) -> None:
-        typer.echo(f"error: {message}", err=True)
-
-    single = everything == 1  # a single slide's error is the command's error (exit 2)
-    report = tile_slides(slides, out, options, annotations=source, annotation_kind=kind,
-                         on_error=None if single else report_error, progress=sys.stderr.isatty())
+    single = everything == 1  # a single slide's error is the command's error (exit 2); of many, one line each
+    report = tile_slides(slides, out, options, annotations=source, annotation_kind=kind, progress=sys.stderr.isatty(),
+                         on_error=None if single else lambda _path, message: typer.echo(f"error: {message}", err=True))
     if single and report.failed:
         raise PathouccError(report.failed[0][1])
     for path, note in report.notes:
@@ -155,7 +157,7 @@ def tile(
 @app.command()
 def baseline(
     config: Annotated[Path, typer.Argument(help="YAML config whose data to cluster")],
-    split: Annotated[Split, typer.Option(help="Split to cluster")] = Split.TEST,
+    split: Annotated[Split, typer.Option(help="Split to cluster")] = "test",
     out: Annotated[Path | None, typer.Option("--out", help="Write the scores to this JSON file")] = None,
     set_: Overrides = None,
 ) -> None:
@@ -174,7 +176,7 @@ def cluster(
     k: Clusters = None,
     tiles: Annotated[list[Path] | None, typer.Option("--tiles", help="Fit on these tile files instead")] = None,
     batch_size: BatchSize = None,
-    device: Device = DeviceName.AUTO,
+    device: Device = "auto",
     amp: Amp = None,
 ) -> None:
     """Fit the run's shared k-means on its training data: <run>/kmeans-k<K>.npz, used by `pathoucc segment`."""
@@ -194,7 +196,7 @@ def segment(
     k: Clusters = None,
     mask: Annotated[Path | None, typer.Option(help="Label mask to score against (or a folder of masks)")] = None,
     batch_size: BatchSize = None,
-    device: Device = DeviceName.AUTO,
+    device: Device = "auto",
     slides: Annotated[Path | None, typer.Option(
         help="Slides folder of CLAM/TRIDENT coordinate files (default: data.slide_dir, else beside each)")] = None,
     amp: Amp = None,
@@ -265,13 +267,13 @@ def print_segment_scores(rows: list[dict[str, Any]]) -> None:
 
 
 def main() -> None:
-    """Entry point of the ``pathoucc`` console script."""
-    debug = "--debug" in sys.argv[1:]
+    """The ``pathoucc`` console script: an error is one line on stderr and exit 2 (bad input, usage) or 1."""
+    _state["debug"] = False  # the global callback sets it once the command line parses
     try:
         # with standalone_mode=False, click returns the code of a typer.Exit instead of raising it
-        code = app(standalone_mode=False)
+        code = app(standalone_mode=False, prog_name="pathoucc")
     except PathouccError as exc:
-        if debug:
+        if _state["debug"]:
             raise
         typer.echo(f"error: {exc}", err=True)
         sys.exit(2)
@@ -283,17 +285,29 @@ def main() -> None:
         sys.exit(130)
     except (typer.Exit, SystemExit) as exc:
         sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
-    except Exception as exc:  # click usage errors and the like
-        if isinstance(exc, (click.ClickException, typer.TyperException)) and hasattr(exc, "show"):  # typer's click
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, (click.exceptions.Abort, typer.Abort)):
-            sys.exit(1)
-        if debug:
+    except _ClickException as exc:  # usage errors: an unknown option, a bad choice, a missing argument
+        sys.exit(_show_click_error(exc))
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as exc:
+        if _state["debug"]:
             raise
-        typer.echo(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)", err=True)
+        typer.echo(one_line(f"error: {type(exc).__name__}: {exc} (run with --debug for the traceback)"), err=True)
         sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _show_click_error(exc: Any) -> int:
+    """Print a usage error on one line (``error: <what> (see 'pathoucc train --help')``); return its exit code."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # `pathoucc` alone: typer has printed the help (rich)
+        return exc.exit_code
+    what = exc.format_message().replace("Value error, ", "").removesuffix(".")
+    if getattr(exc, "option_name", None) == "--debug":
+        what = "--debug goes before the command: pathoucc --debug <command>"
+    ctx = getattr(exc, "ctx", None)
+    hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+    typer.echo(one_line(f"error: {what}{hint}"), err=True)
+    return exc.exit_code
 
 
 if __name__ == "__main__":

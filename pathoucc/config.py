@@ -1,5 +1,6 @@
 """Typed options, validated once: a run's configuration (YAML files with ``a.b=value`` overrides, :class:`Config`),
-how slides are tiled (:class:`TileOptions`) and how a run segments them (:class:`SegmentOptions`)."""
+how slides are tiled (:class:`TileOptions`) and how a run segments them (:class:`SegmentOptions`). Each choice is a
+``Literal`` below, declared once and taken by the command line too (``--help`` lists its values)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pathoucc.errors import PathouccError
-from pathoucc.files import write_text
+from pathoucc.errors import PathouccError, quote
+from pathoucc.files import parse_yaml, read_yaml, write_text
+
+Device = Literal["auto", "cpu", "cuda"]  # auto: cuda when available, else cpu
+Split = Literal["test", "val"]  # the held-out split scored
+Source = Literal["mnist", "idx", "tiles"]  # where instances come from (DataConfig)
+KdePool = Literal["mean", "mean+max"]  # mean+max: also each bin's largest kernel value (presence)
+Schedule = Literal["constant", "cosine", "onecycle"]  # the learning-rate schedule
+Compression = Literal["gzip", "lzf", "none"]  # of the patches in tile files
 
 
 class _Section(BaseModel):
@@ -18,17 +26,16 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """Where instances come from. ``mnist`` fetches MNIST into ``root``; ``idx`` reads the IDX files in the
-    folder ``root``; ``tiles`` reads HDF5 tile files written by ``pathoucc tile``. ``val_fraction`` is the share
-    of training instances (idx) or regions (tiles) held out for validation (MNIST keeps its standard last
-    10 000). ``augment`` lists albumentations transforms, e.g. ``[{name: HorizontalFlip, p: 0.5}]``.
-    ``slide_dir`` is the folder of the slides that CLAM/TRIDENT coordinate files among the tiles refer to
-    (default: next to each coordinate file or up to two folders up). ``streaming`` (tiles only): read each step's
-    patches from the files on demand instead of loading every patch into memory (the same bags and numbers
-    either way). ``num_workers``: DataLoader processes preparing steps ahead of training (reading, augmenting;
-    0 = in the training process; 4-8 feed a GPU)."""
+    """Where instances come from. ``mnist`` fetches MNIST into ``root``; ``idx`` reads the IDX files in the folder
+    ``root``; ``tiles`` reads HDF5 tile files written by ``pathoucc tile``. ``val_fraction`` is the share of training
+    instances (idx) or regions (tiles) held out for validation (MNIST keeps its standard last 10 000). ``augment``
+    lists albumentations transforms, e.g. ``[{name: HorizontalFlip, p: 0.5}]``. ``slide_dir`` is the folder of the
+    slides that CLAM/TRIDENT coordinate files among the tiles refer to (default: next to each coordinate file or up
+    to two folders up). ``streaming`` (tiles only): read each step's patches from the files on demand instead of
+    loading every patch into memory (the same bags and numbers either way). ``num_workers``: DataLoader processes
+    preparing steps ahead of training (reading, augmenting; 0 = in the training process; 4-8 feed a GPU)."""
 
-    source: Literal["mnist", "idx", "tiles"] = "mnist"
+    source: Source = "mnist"
     root: str = "data"
     train_tiles: list[str] = Field(default_factory=list)
     test_tiles: list[str] = Field(default_factory=list)
@@ -81,7 +88,7 @@ class ModelConfig(_Section):
     feature_norm: bool = False
     num_bins: int = Field(11, ge=2)
     sigma: float = Field(0.1, gt=0)
-    kde_pool: Literal["mean", "mean+max"] = "mean"  # mean+max: also each bin's largest kernel value (presence)
+    kde_pool: KdePool = "mean"
     mlp: list[int] = Field(default_factory=lambda: [384, 192])
     decoder: bool = True
     decoder_widths: list[int] = Field(default_factory=lambda: [128, 64, 32])
@@ -103,13 +110,13 @@ class TrainConfig(_Section):
     max_minutes: float | None = Field(None, gt=0)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "cosine", "onecycle"] = "cosine"
+    schedule: Schedule = "cosine"
     warmup_steps: int = Field(0, ge=0)
     val_every: int = Field(500, ge=1)
     val_bags: int = Field(200, ge=1)
     checkpoint_every: int = Field(500, ge=1)
     log_every: int = Field(20, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     amp: bool = True
     encoder_chunk: int = Field(0, ge=0)
     num_threads: int = Field(0, ge=0)
@@ -121,7 +128,7 @@ class EvalConfig(_Section):
     where the hardware has it (bf16 on CPUs with AVX512-BF16/AMX and on bf16 GPUs, fp16 on other GPUs)."""
 
     k: int | None = Field(None, ge=2)
-    split: Literal["test", "val"] = "test"
+    split: Split = "test"
     n_init: int = Field(10, ge=1)
     batch_size: int = Field(1024, ge=1)
     amp: bool = True
@@ -160,6 +167,7 @@ class Config(_Section):
         return self
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON/YAML values (choices as strings)."""
         return self.model_dump(mode="json")
 
 
@@ -181,7 +189,7 @@ class TileOptions(_Section):
     zero_is_background: bool = True
     min_label_coverage: float = Field(0.5, ge=0, le=1)
     workers: int | None = Field(None, ge=1)
-    compression: Literal["gzip", "lzf", "none"] = "gzip"
+    compression: Compression = "gzip"
     overwrite: bool = False
 
     @property
@@ -192,13 +200,12 @@ class TileOptions(_Section):
 
 class SegmentOptions(_Section):
     """How ``pathoucc segment`` clusters slides: ``k`` clusters (default: ``eval.k`` or the training classes),
-    ``batch_size`` patches per forward pass (default: from ``eval.batch_size``), the ``device``, and a label
-    ``mask`` (or folder of masks) to score against; ``amp``: mixed-precision features (default: the run's
-    ``eval.amp``)."""
+    ``batch_size`` patches per forward pass (default: from ``eval.batch_size``), the ``device``, and a label ``mask``
+    (or folder of masks) to score against; ``amp``: mixed-precision features (default: the run's ``eval.amp``)."""
 
     k: int | None = Field(None, ge=2)
     batch_size: int | None = Field(None, ge=1)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Device = "auto"
     mask: Path | None = None
     amp: bool | None = None
 
@@ -210,16 +217,19 @@ def validate_options(cls: type[_Section], values: dict[str, Any]) -> Any:
     except ValidationError as exc:
         err = exc.errors()[0]
         name = "--" + "-".join(str(p) for p in err["loc"][:1]).replace("_", "-")
-        msg = err["msg"].removeprefix("Value error, ")
-        shown = "" if err["type"] == "extra_forbidden" else f" (got {err.get('input')!r})"
-        raise PathouccError(f"{name}: {msg}{shown}") from None
+        raise PathouccError(f"{name}: {_problem(err)}") from None
+
+
+def _problem(err: Any) -> str:
+    """A pydantic error as ``what is wrong (got <value, cut to 200 characters>)``; a choice names its values."""
+    msg, value = err["msg"].removeprefix("Value error, "), err.get("input")
+    return msg if err["type"] == "extra_forbidden" or isinstance(value, dict) else f"{msg} (got {quote(value)})"
 
 
 def _section_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     """The valid keys at ``loc`` (the section the bad key sits in)."""
     for part in loc[:-1]:
-        field = model.model_fields.get(str(part))
-        ann = getattr(field, "annotation", None) if field else None
+        ann = getattr(model.model_fields.get(str(part)), "annotation", None)
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
             break
         model = ann
@@ -232,26 +242,23 @@ def _format_error(exc: ValidationError, source: str) -> str:
     where = ".".join(str(p) for p in loc) or "(top level)"
     if err["type"] == "extra_forbidden":
         valid = ", ".join(_section_fields(Config, loc))
-        return f"{source}: unknown key '{where}' (valid keys here: {valid})"
-    msg = err["msg"].removeprefix("Value error, ")
-    value = err.get("input")
-    shown = "" if isinstance(value, dict) else f" (got {value!r})"
+        return f"{source}: unknown key {quote(where)} (valid keys here: {valid})"
     more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
-    return f"{source}: {where}: {msg}{shown}{more}"
+    return f"{source}: {where}: {_problem(err)}{more}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.lr=1e-3"`` -> ``(["train", "lr"], 0.001)``; the value is parsed as YAML."""
+    """``"train.lr=1e-3"`` -> ``(["train", "lr"], 0.001)``; the value is parsed as YAML (text if it is not YAML)."""
     if "=" not in text:
-        raise PathouccError(f"override '{text}' is not of the form key.path=value")
+        raise PathouccError(f"override {quote(text)} is not of the form key.path=value")
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = parse_yaml(raw, f"override {quote(text)}") if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     parts = [p for p in key.strip().split(".") if p]
     if not parts:
-        raise PathouccError(f"override '{text}' has an empty key")
+        raise PathouccError(f"override {quote(text)} has an empty key")
     return parts, value
 
 
@@ -260,41 +267,28 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for text in overrides:
         parts, value = parse_override(text)
         node = raw
-        for p in parts[:-1]:
-            nxt = node.setdefault(p, {})
-            if not isinstance(nxt, dict):
-                raise PathouccError(f"override '{text}': '{p}' is not a section")
-            node = nxt
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise PathouccError(f"override {quote(text)}: {quote(part)} is not a section")
         node[parts[-1]] = value
     return raw
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    """Read, override and validate a YAML config. Every problem is a :class:`PathouccError` naming ``path``."""
+    """Read, override and validate a YAML config. Every problem is a :class:`PathouccError` naming ``path`` (an
+    alias bomb too: :func:`pathoucc.files.parse_yaml`); quoted values are cut to 200 characters."""
     raw: dict[str, Any] = {}
-    source = "config"
     if path is not None:
-        path = Path(path)
-        source = str(path)
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            raise PathouccError("config file not found", path) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PathouccError(f"cannot read config ({exc})", path) from None
-        try:
-            raw = yaml.safe_load(text) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}" if mark else ""
-            raise PathouccError(f"invalid YAML{where}: {getattr(exc, 'problem', exc)}", path) from None
+        raw = read_yaml(path, "config") or {}
         if not isinstance(raw, dict):
             raise PathouccError("config must be a mapping of sections", path)
     apply_overrides(raw, overrides or [])
-    return config_from_dict(raw, source)
+    return config_from_dict(raw, "config" if path is None else str(path))
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a raw config dict; a problem is a :class:`PathouccError` naming ``source`` and the key."""
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

@@ -1,7 +1,9 @@
 """Files in and out. Everything pathoucc writes goes to a temporary file (or folder) first, is fsync'ed and is
 renamed into place (a crash leaves the old file or the new one); a full disk is a one-line error naming the file.
-Every ``.pt``/``.pth`` file is written by :func:`write_torch` and read by :func:`read_torch`, the one
-``torch.load`` (``weights_only=True``)."""
+Temporary files and folders are created with modes 0o666 / 0o777 for the kernel to apply the process umask, as for
+any new file (the umask is never read or changed). Every ``.pt``/``.pth`` file is written by :func:`write_torch` and
+read by :func:`read_torch`, the one ``torch.load`` (``weights_only=True``); YAML is read by :func:`read_yaml`
+(safe tags only, alias bombs refused)."""
 
 from __future__ import annotations
 
@@ -9,16 +11,18 @@ import contextlib
 import errno
 import json
 import os
+import secrets
 import shutil
-import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from pathoucc.errors import PathouccError
 
-UMASK = os.umask(0)
-os.umask(UMASK)
+MAX_YAML_NODES = 100_000  # nodes a YAML document may hold once its aliases are expanded (configs hold ~100)
+MAX_YAML_DEPTH = 100  # nesting levels of a YAML document (configs have 3; PyYAML scans deep flow nesting slowly)
 _FULL = (errno.ENOSPC, errno.EDQUOT)  # errno values of a full disk or quota
 _NEARLY_FULL = 1 << 20  # bytes: less free space than this after a failed write means the disk filled up
 
@@ -33,11 +37,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     path = Path(path)
     ensure_writable_dir(path.parent)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp_path = _new_temp(path, ".tmp", _create_file)
     except OSError as exc:
         raise write_error(exc, path) from None
-    os.close(fd)
-    tmp_path = Path(tmp)
     try:
         try:
             yield tmp_path
@@ -46,7 +48,6 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
                 raise write_error(exc, path) from None
             raise
         try:
-            os.chmod(tmp_path, 0o666 & ~UMASK)
             fsync(tmp_path)  # the data is on disk before the name points at it: a crash leaves old or new
             os.replace(tmp_path, path)
             fsync(path.parent)  # and the rename itself is durable
@@ -55,6 +56,23 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def _create_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o666))
+
+
+def _new_temp(path: Path, suffix: str, create: Callable[[Path], None]) -> Path:
+    """Create (with ``create``, which must fail if the name exists) and return a new ``.<name>.<random><suffix>``
+    next to ``path`` (the pattern by which a killed run's leftovers are recognised)."""
+    for _ in range(100):
+        candidate = path.parent / f".{path.name}.{secrets.token_hex(4)}{suffix}"
+        try:
+            create(candidate)
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(path.parent))
 
 
 def fsync(path: str | Path) -> None:
@@ -155,14 +173,13 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary folder next to ``path``; swap it in for ``path`` (replacing any old one) only if the
     block succeeds, so readers see the old folder or the complete new one, never a partial one."""
     final = Path(path)
-    parent = ensure_writable_dir(final.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".partial", dir=parent))
+    ensure_writable_dir(final.parent)
+    tmp = _new_temp(final, ".partial", _create_dir)
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~UMASK)
         old = None
         if final.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".old", dir=parent))
+            old = _new_temp(final, ".old", _create_dir)
             os.replace(final, old / final.name)
         os.replace(tmp, final)
         if old is not None:
@@ -170,3 +187,87 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _create_dir(path: Path) -> None:
+    os.mkdir(path, 0o777)
+
+
+def read_yaml(path: str | Path, what: str = "file") -> Any:
+    """The YAML document in ``path``, read as :func:`parse_yaml` does. Every problem (missing, unreadable, invalid
+    YAML, an alias bomb) is a :class:`PathouccError` naming ``path``; ``what`` names the kind of file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise PathouccError(f"{what} file not found", path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PathouccError(f"cannot read {what} ({exc})", path) from None
+    try:
+        return parse_yaml(text, path)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise PathouccError(f"invalid YAML{where}: {getattr(exc, 'problem', None) or exc}", path) from None
+
+
+def parse_yaml(text: str, source: str | Path = "YAML") -> Any:
+    """``yaml.safe_load(text)`` (standard tags only: no objects, no code) that refuses documents whose aliases
+    expand past :data:`MAX_YAML_NODES` nodes ("billion laughs"), recursive aliases and nesting deeper than
+    :data:`MAX_YAML_DEPTH`: each a :class:`PathouccError` naming ``source``. Anchors and aliases within the budget
+    work as usual; malformed YAML raises ``yaml.YAMLError``."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set())
+        return loader.construct_document(node)
+    except RecursionError:
+        raise PathouccError("YAML nested too deeply to read", source) from None
+    except _Refused as exc:
+        raise PathouccError(str(exc), source) from None
+    finally:
+        loader.dispose()
+
+
+class _Refused(Exception):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, refusing to nest deeper than :data:`MAX_YAML_DEPTH` while it scans (before any recursion)."""
+
+    def fetch_flow_collection_start(self, token_class: Any) -> None:
+        if self.flow_level >= MAX_YAML_DEPTH:
+            raise _Refused(f"YAML nested more than {MAX_YAML_DEPTH} levels deep")
+        super().fetch_flow_collection_start(token_class)
+
+    def add_indent(self, column: int) -> bool:
+        if len(self.indents) >= MAX_YAML_DEPTH:
+            raise _Refused(f"YAML nested more than {MAX_YAML_DEPTH} levels deep")
+        return super().add_indent(column)
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """Nodes in ``node`` with every alias expanded, counted once per distinct node (``sizes``: memo by ``id``)."""
+    key = id(node)
+    if key in sizes:
+        return sizes[key]
+    if key in open_nodes:
+        raise _Refused("a YAML alias refers to a node that contains it (recursive alias)")
+    open_nodes.add(key)
+    children: list[yaml.Node] = []
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [part for pair in node.value for part in pair]
+    total = 1
+    for child in children:
+        total += _expanded_size(child, sizes, open_nodes)
+        if total > MAX_YAML_NODES:
+            raise _Refused(f"YAML aliases expand to more than {MAX_YAML_NODES} values (an alias bomb?); "
+                           "write the values out")
+    open_nodes.discard(key)
+    sizes[key] = total
+    return total

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from pathoucc.cli import main
+from pathoucc.errors import PathouccError
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -90,3 +92,52 @@ def test_console_script_exit_code_and_debug(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "none.yaml" in proc.stderr
     proc = subprocess.run([*cmd[:3], "--debug", *cmd[3:]], capture_output=True, text=True)
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_an_alias_bomb_config_is_a_short_fast_error(monkeypatch, capsys, tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("".join(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9 if prev else ['lol'] * 9)}]\n"
+                            for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True)))
+    start = time.perf_counter()
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(bomb))
+    assert code == 2 and time.perf_counter() - start < 5 and len(err) < 300
+    _one_line_error(err, "bomb.yaml", "alias")
+
+
+@pytest.mark.parametrize(
+    ("args", "option", "valid"),
+    [(["cluster", "run", "--device", "gpu"], "--device", ["auto", "cpu", "cuda"]),
+     (["segment", "run", "t.h5", "--device", "tpu"], "--device", ["auto", "cpu", "cuda"]),
+     (["tile", "s.svs", "--out", "o", "--compression", "zip"], "--compression", ["gzip", "lzf", "none"])],
+)
+def test_a_bad_choice_is_one_line_listing_the_valid_values(monkeypatch, capsys, args, option, valid) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, *args)
+    assert code == 2
+    _one_line_error(err, option, repr(args[-1]), *(repr(v) for v in valid), f"pathoucc {args[0]} --help")
+
+
+def test_usage_errors_are_one_line(monkeypatch, capsys) -> None:
+    code, _, err = run_cli(monkeypatch, capsys, "train", "c.yaml", "--bogus")
+    assert code == 2
+    _one_line_error(err, "No such option: --bogus")
+    code, _, err = run_cli(monkeypatch, capsys, "tile", "s.svs")
+    assert code == 2
+    _one_line_error(err, "Missing option '--out'")
+
+
+def test_debug_is_the_global_flag_only(monkeypatch, capsys, tmp_path: Path) -> None:
+    missing = str(tmp_path / "none.yaml")
+    with pytest.raises(PathouccError, match="config file not found"):  # before the command: re-raised
+        run_cli(monkeypatch, capsys, "--debug", "train", missing)
+    code, _, err = run_cli(monkeypatch, capsys, "train", missing)  # the next call starts without it
+    assert code == 2
+    _one_line_error(err, "none.yaml")
+    code, _, err = run_cli(monkeypatch, capsys, "train", missing, "--debug")  # after it: refused, saying where
+    assert code == 2
+    _one_line_error(err, "--debug goes before the command")
+    code, _, err = run_cli(monkeypatch, capsys, "train", missing, "--set", "--debug")  # a value, not the flag
+    assert code == 2
+    _one_line_error(err, "none.yaml")
+    monkeypatch.setenv("COLUMNS", "200")  # --help documents where --debug goes
+    code, out, _ = run_cli(monkeypatch, capsys, "--help")
+    assert code == 0 and "Give it before the command: pathoucc --debug train" in out

@@ -1,13 +1,27 @@
-"""Config loading: typed validation, one-line errors that name the valid keys, overrides."""
+"""Config loading: typed validation, one-line errors that name the valid keys and values, overrides, safe YAML."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import get_args
 
 import pytest
+import yaml
 
-from pathoucc.config import load_config
-from pathoucc.errors import PathouccError
+from pathoucc.config import (
+    Compression,
+    Device,
+    KdePool,
+    Schedule,
+    Source,
+    Split,
+    TileOptions,
+    load_config,
+    validate_options,
+)
+from pathoucc.errors import MAX_MESSAGE, PathouccError
+from pathoucc.files import parse_yaml
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -82,3 +96,77 @@ def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
     path.write_text("name: !!python/object/apply:os.system ['echo hi']\n")
     with pytest.raises(PathouccError, match="invalid YAML"):
         load_config(path)
+
+
+BOMB = "".join(f"{name}: &{name} [{', '.join([f'*{prev}'] * 9 if prev else ['lol'] * 9)}]\n"
+               for prev, name in zip(["", *"abcdefgh"], "abcdefghi", strict=True))  # 9**9 'lol's from ~350 bytes
+
+
+def test_alias_bomb_is_refused_fast_and_short(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB)
+    assert len(BOMB) < 400
+    start = time.perf_counter()
+    with pytest.raises(PathouccError) as err:
+        load_config(path)
+    assert time.perf_counter() - start < 2
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: ") and "alias" in msg and "\n" not in msg and len(msg) < 300
+    with pytest.raises(PathouccError, match="alias"):  # the same bomb as a --set value
+        load_config(None, ["name=" + BOMB.replace("\n", ", ").join("{}")])
+
+
+def test_ordinary_anchors_and_merge_keys_still_work(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model: &m {widths: [4, 8], num_features: 6}\n"
+                    "bags: {bag_size: &size 16, ucc_max: 4}\n"
+                    "eval: {batch_size: *size}\n")
+    cfg = load_config(path)
+    assert cfg.model.widths == [4, 8] and cfg.model.num_features == 6 and cfg.eval.batch_size == 16
+    assert parse_yaml("a: &a {x: 1, y: 2}\nb: {<<: *a, y: 3}\n") == {"a": {"x": 1, "y": 2}, "b": {"x": 1, "y": 3}}
+
+
+@pytest.mark.parametrize(("text", "match"), [("name: &a [*a]\n", "recursive alias"),
+                                             ("name: " + "[" * 100_000 + "\n", "nested more than 100 levels"),
+                                             ("".join(" " * i + "a:\n" for i in range(200)), "nested more than")])
+def test_recursive_alias_and_deep_nesting_are_one_line_errors(tmp_path: Path, text: str, match: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(PathouccError, match=match) as err:
+        load_config(path)
+    assert str(err.value).startswith(str(path))
+
+
+@pytest.mark.parametrize("value", ["x" * 10_000, list(range(3_000)), [[["x" * 10_000]]] * 100])
+def test_a_huge_bad_value_is_quoted_short(tmp_path: Path, value) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"train": {"lr": value}}))
+    with pytest.raises(PathouccError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert len(msg) < 500 and "\n" not in msg and "train.lr" in msg and ("…" in msg or "..." in msg)
+    assert len(str(PathouccError("y" * 10_000, path))) <= MAX_MESSAGE
+
+
+CHOICES = [("train.device", "gpu", Device), ("eval.split", "train", Split), ("data.source", "csv", Source),
+           ("model.kde_pool", "max", KdePool), ("train.schedule", "linear", Schedule)]
+
+
+@pytest.mark.parametrize(("key", "bad", "choice"), CHOICES, ids=[c[0] for c in CHOICES])
+def test_a_bad_choice_names_the_key_and_the_valid_values(tmp_path: Path, key: str, bad: str, choice) -> None:
+    path = tmp_path / "c.yaml"
+    section, name = key.split(".")
+    path.write_text(yaml.safe_dump({section: {name: bad}}))
+    with pytest.raises(PathouccError) as err:
+        load_config(path)
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith(f"{path}: {key}: ") and f"(got '{bad}')" in msg
+    assert all(f"'{value}'" in msg for value in get_args(choice))
+    assert load_config(path, [f"{key}={get_args(choice)[-1]}"]).to_dict()[section][name] == get_args(choice)[-1]
+
+
+def test_a_bad_tile_option_choice_lists_the_valid_values() -> None:
+    with pytest.raises(PathouccError) as err:
+        validate_options(TileOptions, {"compression": "zip"})
+    assert str(err.value) == "--compression: Input should be 'gzip', 'lzf' or 'none' (got 'zip')"
+    assert get_args(Compression) == ("gzip", "lzf", "none")

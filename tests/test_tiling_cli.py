@@ -1,3 +1,4 @@
+import os
 import subprocess
 import sys
 
@@ -64,3 +65,24 @@ def test_cli_batch_reports_bad_slides_and_tiles_the_rest(digit_slide, tmp_path):
     assert "Traceback" not in proc.stderr
     assert "tiled 1" in proc.stdout and "failed 2" in proc.stdout
     assert open_tiles(tmp_path / "out" / "digits.h5").num_patches == 64
+
+
+def test_tile_help_groups_the_options_in_panels():
+    proc = subprocess.run([sys.executable, "-m", "pathoucc.cli", "tile", "--help"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert proc.returncode == 0, proc.stderr
+    panels = {}  # panel title -> the options listed in it
+    for line in proc.stdout.splitlines():
+        if line.startswith("╭─ "):
+            title = line.removeprefix("╭─ ").rstrip("─╮ ")
+            panels[title] = []
+        elif line.startswith("│") and "<" in line:  # an option's row: names, then <type> and its help
+            panels[title] += [word for word in line.split("<")[0].split() if word.startswith("--")]
+    assert panels["Slides: a list, a shard"] == ["--slide-list", "--shard"]
+    assert panels["Output"] == ["--out", "--compression", "--overwrite"]
+    assert panels["Patches: size, level, reading"] == ["--patch-size", "--stride", "--level", "--magnification",
+                                                       "--mpp", "--downsample", "--workers"]
+    assert panels["Tissue"] == ["--tissue-threshold"]
+    assert panels["Annotations: labels, counts"] == ["--region-size", "--mask", "--geojson", "--regions-csv",
+                                                     "--classes", "--zero-is-background", "--no-zero-is-background"]
+    assert "<gzip|lzf|none>" in proc.stdout  # the choice, listed
