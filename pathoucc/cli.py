@@ -66,9 +66,11 @@ def refine(
     """Refine a trained run again (model-ucc.pt -> model.pt) without retraining, or continue an interrupted
     refinement; score it with `pathoucc evaluate RUN`."""
     from pathoucc.pipeline import refine_run
+    from pathoucc.training.distributed import is_main_process
 
     summary = refine_run(run, overrides=set_ or [], device=device, progress=sys.stderr.isatty())
-    _print_refined(summary, run)
+    if is_main_process():  # under torchrun rank 0 reports for the job
+        _print_refined(summary, run)
 
 
 def _print_refined(summary: dict[str, Any], run: Path) -> None:

@@ -51,7 +51,9 @@ class TrainReport:
         ``changed_by_counts``, ``final_loss``, ``seconds``, with patch labels ``kmeans_accuracy`` and
         ``pseudo_label_accuracy``), or None without ``refine.steps``.
     scores : the held-out scores of ``eval.split`` (``metrics.json``: ``method``, ``split``, ``accuracy``, ``nmi``,
-        ``ari``, ``k``, ``num_instances``, ``seconds``); None on the ranks other than 0 under torchrun.
+        ``ari``, ``k``, ``num_instances``, ``seconds``).
+
+    Under torchrun, ``refine`` and ``scores`` are None on the ranks other than 0 (rank 0 reports for the job).
     """
 
     run_dir: Path
@@ -67,7 +69,7 @@ def train_run(cfg: Config, run_dir: str | Path, resume: bool = False, progress: 
         run_dir = train_ucc(cfg, run_dir, resume=resume, progress=progress)
         refined = refine_run(run_dir, device=cfg.train.device, progress=progress) if cfg.refine.steps else None
         scores = evaluate_run(run_dir, device=select_device(cfg.train.device)) if world.main else None
-    return TrainReport(run_dir, refined, scores)
+    return TrainReport(run_dir, refined if world.main else None, scores)
 
 
 def refine_run(run_dir: str | Path, overrides: list[str] | None = None, device: str | None = None,

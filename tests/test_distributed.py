@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from slide_fixtures import CELL, digit_slide
 from torch import nn
 
 from pathoucc.config import config_from_dict
@@ -28,11 +29,20 @@ from pathoucc.data.bags import create_bag_sampler
 from pathoucc.data.loader import StepDataset
 from pathoucc.data.sources import load_pools
 from pathoucc.errors import PathouccError
-from pathoucc.run import CHECKPOINT, snapshot_path
+from pathoucc.run import CHECKPOINT, REFINE_CHECKPOINT, read_weights, snapshot_path
+from pathoucc.slides.tiler import tile_slide
 from pathoucc.training.distributed import rank_seed
 from pathoucc.training.train import prepare_ucc, train_ucc, ucc_step
 
+__all__ = ["digit_slide"]  # the fixture is used by name
+
 TORCHRUN = Path(sys.executable).parent / "torchrun"
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    assert TORCHRUN.exists(), f"torchrun (installed with torch) missing beside {sys.executable}"
+    return subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "pathoucc.cli", *args],
+                          capture_output=True, text=True, timeout=300, env=os.environ | {"OMP_NUM_THREADS": "1"})
 
 
 class _TwoRanks(nn.Module):
@@ -51,14 +61,11 @@ class _TwoRanks(nn.Module):
 
 
 def test_two_gloo_ranks_train_one_run_folder_like_one_process(tmp_path: Path, tiny_config: dict) -> None:
-    assert TORCHRUN.exists(), f"torchrun (installed with torch) missing beside {sys.executable}"
     tiny_config["train"] |= {"steps": 3, "snapshot_every": 1, "checkpoint_every": 3, "val_every": 3, "amp": False,
                              "num_threads": 1}
     cfg_path, run = tmp_path / "tiny.yaml", tmp_path / "run"
     cfg_path.write_text(yaml.safe_dump(tiny_config))
-    proc = subprocess.run([str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "-m", "pathoucc.cli", "train",
-                           str(cfg_path), "--out", str(run)], capture_output=True, text=True, timeout=300,
-                          env=os.environ | {"OMP_NUM_THREADS": "1"})
+    proc = _torchrun("train", str(cfg_path), "--out", str(run))
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("clustering") == 1  # only rank 0 evaluates
     state = torch.load(run / CHECKPOINT, weights_only=True)
@@ -90,3 +97,30 @@ def test_two_gloo_ranks_train_one_run_folder_like_one_process(tmp_path: Path, ti
     # resuming with another number of processes is refused, naming the checkpoint
     with pytest.raises(PathouccError, match=r"checkpoint\.pt: the checkpoint was written by 2 training process"):
         train_ucc(cfg, run, resume=True, progress=False)
+
+
+def test_two_gloo_ranks_refine_through_the_same_loop(tmp_path: Path, digit_slide) -> None:
+    """`pathoucc train` with refine.steps under torchrun: both ranks train, then fine-tune on their own patches
+    (DDP), rank 0 alone writes the refinement's log, summary and model, and scores the run once."""
+    tiles = tile_slide(digit_slide["slide"], tmp_path / "tiles", patch_size=CELL, stride=CELL, level=0,
+                       region_size=4 * CELL, annotations=digit_slide["mask"], workers=1)
+    cfg_path, run = tmp_path / "slides.yaml", tmp_path / "run"
+    cfg_path.write_text(yaml.safe_dump({
+        "seed": 0, "data": {"source": "tiles", "train_tiles": [str(tiles)], "test_tiles": [str(tiles)],
+                            "val_fraction": 0.2},
+        "bags": {"bag_size": 4, "bags_per_batch": 2, "ucc_min": 1, "ucc_max": 4},
+        "model": {"backbone": "conv", "widths": [8], "in_chans": 3, "input_size": CELL, "num_features": 4,
+                  "mlp": [4]},
+        "train": {"steps": 2, "val_every": 2, "checkpoint_every": 2, "log_every": 2, "val_bags": 2, "amp": False,
+                  "num_threads": 1},
+        "eval": {"k": 10, "n_init": 1}, "refine": {"steps": 4, "batch_size": 16},
+    }))
+    proc = _torchrun("train", str(cfg_path), "--out", str(run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("refined: 1 round(s) of 4 steps") == 1 and proc.stdout.count("clustering") == 1
+    records = [json.loads(x) for x in (run / "refine.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["step"]) for r in records] == [(1, 2), (1, 4)]  # written once, by rank 0
+    assert read_weights(run / CHECKPOINT)["world_size"] == 2 and not (run / REFINE_CHECKPOINT).exists()
+    ucc, refined = read_weights(run / "model-ucc.pt")["model"], read_weights(run / "model.pt")["model"]
+    assert not torch.equal(ucc["head.weight"], refined["head.weight"])  # the features were fine-tuned
+    assert torch.equal(ucc["classifier.0.weight"], refined["classifier.0.weight"])  # the count head was not
