@@ -81,12 +81,12 @@ def test_two_gloo_ranks_train_one_run_folder_like_one_process(tmp_path: Path, ti
     items = [StepDataset(create_bag_sampler(training.train_pool, bags.bag_size, bags.ucc_min, bags.ucc_max,
                                             rank_seed(cfg.seed, rank), bags.instances_per_batch),
                          training.train_pool, bags.bags_per_batch)[0] for rank in (0, 1)]
-    instances, count = len(items[0]["images"]), len(items[0]["ucc"])
-    assert (len(items[1]["images"]), len(items[1]["ucc"])) == (instances, count)  # equal halves
+    instances, bags_each = len(items[0]["images"]), len(items[0]["ucc"])
+    assert (len(items[1]["images"]), len(items[1]["ucc"])) == (instances, bags_each)  # equal halves
     batch = {key: torch.cat([items[0][key], items[1][key]]) for key in ("images", "mask", "ucc", "upper")}
     batch |= {"step": 0, "members": torch.cat([items[0]["members"], items[1]["members"] + instances])}
     model = training.state.modules["model"]
-    training.state.net = _TwoRanks(model, instances, count)
+    training.state.net = _TwoRanks(model, instances, bags_each)
     terms = ucc_step(training.state, batch, cfg)
     assert records[0]["lr"] == pytest.approx(terms["lr"])  # the schedule's lr at step 0, on both sides
     assert records[0]["ucc_loss"] == pytest.approx(float(terms["ucc_loss"]), abs=1e-6)

@@ -76,7 +76,7 @@ def run_loop(state: TrainState, batches: Iterator[Any], step: Step, plan: LoopPl
     main, saving = world.main, world.main and plan.checkpoint is not None
     log_to = plan.log_path.open("a") if main and plan.log_path is not None else contextlib.nullcontext()
     running: dict[str, Any] = {}  # sums since the last log, on the device: read (synced) only when logged
-    count, info, last = 0, "", {}
+    pending, info, last = 0, "", {}  # pending: steps summed in running
     # SIGTERM / SIGUSR1 / Ctrl-C only set a flag: the step in flight finishes, then a checkpoint is saved
     with (stop_requests() as stop, log_to as log_file,
           progress_bar(progress and main, plan.label, plan.steps, state.step, "steps") as advance):
@@ -87,14 +87,14 @@ def run_loop(state: TrainState, batches: Iterator[Any], step: Step, plan: LoopPl
             state.elapsed += time.perf_counter() - start
             for key, value in terms.items():
                 running[key] = running.get(key, 0.0) + (value.double() if torch.is_tensor(value) else value)
-            count += 1
+            pending += 1
             # all ranks stop at the same step, and agree on the time used (one all-reduce; nothing alone)
             stopping, state.elapsed = world.agree(stop.signum is not None, state.elapsed, state.device)
             end = state.step == plan.steps
             record: dict[str, Any] = {}
             if _due(state.step, plan.log_every) or end:
-                record = world.mean({k: float(v) / count for k, v in running.items()}, state.device)
-                running, count = {}, 0
+                record = world.mean({k: float(v) / pending for k, v in running.items()}, state.device)
+                running, pending = {}, 0
             if main and plan.validate is not None and (_due(state.step, plan.val_every) or end):
                 record |= plan.validate()
             if record and main:
