@@ -5,10 +5,11 @@ The public API, one name per stage (see docs/architecture.md)::
     tile_slides / tile_slide, TileOptions      1 slides -> HDF5 tile files
     load_pools, InstancePool                   2 instances to draw bags from
     create_model, UCCModel                     3 the model
-    load_config, Config, train_run             4 training into a run folder
+    load_config, Config, train_ucc             4 UCC training into a run folder
     load_run                                   the run folder: config and trained model
     extract_features, ClusterModel, cluster_run   5 features and the run's k-means (KMeansFit: which features)
     refine_run, count_consistent_labels        5 self-training on count-consistent pseudo-labels
+    train_run, TrainReport                     the pipeline (``pathoucc train``): train, refine, score
     evaluate_run, evaluate_raw_pixels          5 held-out scores (EvalResult)
     segment_run, SegmentOptions                6 cluster maps of slides
 
@@ -28,9 +29,10 @@ _EXPORTS = {
     "tile_slide": "pathoucc.slides.tiler", "tile_slides": "pathoucc.slides.tiler",
     "open_tiles": "pathoucc.slides.tilefile", "InstancePool": "pathoucc.data.pool",
     "load_pools": "pathoucc.data.sources", "create_model": "pathoucc.models", "UCCModel": "pathoucc.models",
-    "load_run": "pathoucc.run", "train_run": "pathoucc.train", "extract_features": "pathoucc.cluster",
+    "load_run": "pathoucc.run", "train_ucc": "pathoucc.training.train", "train_run": "pathoucc.pipeline",
+    "TrainReport": "pathoucc.pipeline", "refine_run": "pathoucc.pipeline", "extract_features": "pathoucc.cluster",
     "ClusterModel": "pathoucc.cluster", "cluster_run": "pathoucc.cluster", "KMeansFit": "pathoucc.cluster",
-    "refine_run": "pathoucc.refine", "count_consistent_labels": "pathoucc.refine", "evaluate_run": "pathoucc.cluster",
+    "count_consistent_labels": "pathoucc.cluster.refine", "evaluate_run": "pathoucc.cluster",
     "EvalResult": "pathoucc.cluster", "evaluate_raw_pixels": "pathoucc.cluster", "segment_run": "pathoucc.segment",
 }
 __all__ = ["__version__", *_EXPORTS]

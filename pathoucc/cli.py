@@ -56,25 +56,39 @@ def train(
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last checkpoint")] = False,
 ) -> None:
     """Train a UCC model on bags (then refine it, with refine.steps), then evaluate its clustering."""
-    from pathoucc.cluster import evaluate_run
-    from pathoucc.distributed import is_main_process
-    from pathoucc.runtime import select_device
-    from pathoucc.train import train_run
+    from pathoucc.pipeline import train_run
 
     cfg = load_config(config, set_ or [])
-    run = train_run(cfg, out or Path("runs") / config.stem, resume=resume, progress=sys.stderr.isatty())
-    if not is_main_process():  # under torchrun only rank 0 refines and scores the run
-        return
-    if cfg.refine.steps:
-        from pathoucc.refine import refine_run
+    report = train_run(cfg, out or Path("runs") / config.stem, resume=resume, progress=sys.stderr.isatty())
+    if report.refine is not None:
+        _print_refined(report.refine, report.run_dir)
+    if report.scores is not None:  # under torchrun only rank 0 scores the run
+        print_scores({f"{cfg.name} ({report.scores['split']})": report.scores})
 
-        summary = refine_run(run, progress=sys.stderr.isatty())
-        last = summary["rounds"][-1]
-        typer.echo(f"refined: {len(summary['rounds'])} round(s) of {cfg.refine.steps} steps on count-consistent "
-                   f"pseudo-labels ({last['changed_by_counts']:.1%} changed by the counts in the last round) -> "
-                   f"{run / 'model.pt'} (the UCC model: model-ucc.pt)")
-    result = evaluate_run(run, device=select_device(cfg.train.device))
-    print_scores({f"{cfg.name} ({result['split']})": result})
+
+@app.command()
+def refine(
+    run: RunFolder,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a refine setting: refine.key=value")
+                    ] = None,
+    device: Annotated[DeviceChoice | None, typer.Option(help="auto, cpu or cuda (default: the run's train.device)")
+                      ] = None,
+) -> None:
+    """Refine a trained run again (model-ucc.pt -> model.pt) without retraining, or continue an interrupted
+    refinement; score it with `pathoucc evaluate RUN`."""
+    from pathoucc.pipeline import refine_run
+    from pathoucc.training.distributed import is_main_process
+
+    summary = refine_run(run, overrides=set_ or [], device=device, progress=sys.stderr.isatty())
+    if is_main_process():  # under torchrun rank 0 reports for the job
+        _print_refined(summary, run)
+
+
+def _print_refined(summary: dict[str, Any], run: Path) -> None:
+    last = summary["rounds"][-1]
+    typer.echo(f"refined: {len(summary['rounds'])} round(s) of {summary['steps']} steps on count-consistent "
+               f"pseudo-labels ({last['changed_by_counts']:.1%} changed by the counts in the last round) -> "
+               f"{run / 'model.pt'} (the UCC model: model-ucc.pt)")
 
 
 @app.command()

@@ -5,7 +5,8 @@ A run folder holds ``config.yaml`` (the resolved config), ``metrics.jsonl`` (tra
 weights and their config), ``metrics.json`` (clustering scores), ``snapshots/step-NNNNNNN.pt`` (optional weight
 snapshots) and ``kmeans-k{K}.npz`` (the run's k-means, fitted once and shared by every slide). With
 ``refine.steps``, ``model.pt`` holds the refined weights, ``model-ucc.pt`` those of the UCC training, and
-``refine.jsonl`` / ``refine.json`` / ``refine_curves.png`` the refinement's log, summary and plot. Every ``.pt``
+``refine.jsonl`` / ``refine.json`` / ``refine_curves.png`` the refinement's log, summary and plot, and
+``refine-checkpoint.pt`` the state of an unfinished refinement (removed when it finishes). Every ``.pt``
 file is read by :func:`read_weights` (through :func:`pathoucc.files.read_torch`, the one ``torch.load``).
 """
 
@@ -23,10 +24,30 @@ from pathoucc.files import read_torch, write_torch
 from pathoucc.models import UCCModel, create_model
 
 __all__ = [
-    "CHECKPOINT", "CONFIG", "CURVES", "LOG", "METRICS", "METRICS_LOG", "MODEL", "MODEL_UCC", "REFINE", "REFINE_CURVES",
-    "REFINE_LOG", "RESUMABLE", "SNAPSHOTS", "check_resume_config", "clear_weight_outputs",
-    "config_diff", "kmeans_path", "load_checkpoint", "load_run", "read_weights", "save_model",
-    "save_weights", "snapshot_path",
+    "CHECKPOINT",
+    "CONFIG",
+    "CURVES",
+    "LOG",
+    "METRICS",
+    "METRICS_LOG",
+    "MODEL",
+    "MODEL_UCC",
+    "REFINE",
+    "REFINE_CHECKPOINT",
+    "REFINE_CURVES",
+    "REFINE_LOG",
+    "RESUMABLE",
+    "SNAPSHOTS",
+    "check_resume_config",
+    "clear_weight_outputs",
+    "config_diff",
+    "kmeans_path",
+    "load_checkpoint",
+    "load_run",
+    "read_weights",
+    "save_model",
+    "save_weights",
+    "snapshot_path",
 ]
 
 CONFIG = "config.yaml"
@@ -36,6 +57,7 @@ MODEL_UCC = "model-ucc.pt"
 REFINE = "refine.json"
 REFINE_LOG = "refine.jsonl"
 REFINE_CURVES = "refine_curves.png"
+REFINE_CHECKPOINT = "refine-checkpoint.pt"
 METRICS_LOG = "metrics.jsonl"
 METRICS = "metrics.json"
 CURVES = "training_curves.png"
@@ -79,7 +101,7 @@ def read_weights(path: str | Path, what: str = "file") -> dict[str, Any]:
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """The state of an interrupted run (see ``Trainer.state_dict``)."""
+    """The state of an interrupted run (see :meth:`pathoucc.training.state.TrainState.state_dict`)."""
     if not Path(path).is_file():
         raise PathouccError("no checkpoint to resume from", path)
     return read_weights(path, "checkpoint")
@@ -93,9 +115,11 @@ def save_model(model: UCCModel, cfg: Config, path: str | Path) -> None:
 
 def clear_weight_outputs(run_dir: str | Path, keep: tuple[str, ...] = ()) -> list[str]:
     """Remove what earlier final weights left in ``run_dir`` (``model.pt``, ``model-ucc.pt``, the refinement's
-    outputs, ``kmeans-k*.npz``; not the names in ``keep``) before new ones are written; returns the names removed."""
+    outputs and checkpoint, the scores ``metrics.json``, ``kmeans-k*.npz``; not the names in ``keep``) before new
+    ones are written; returns the names removed."""
     run_dir = Path(run_dir)
-    names = [n for n in (MODEL, MODEL_UCC, REFINE, REFINE_LOG, REFINE_CURVES) if n not in keep]
+    names = [n for n in (MODEL, MODEL_UCC, REFINE, REFINE_LOG, REFINE_CURVES, REFINE_CHECKPOINT, METRICS)
+             if n not in keep]
     found = [p for p in [*(run_dir / n for n in names), *sorted(run_dir.glob("kmeans-k*.npz"))] if p.exists()]
     for path in found:
         path.unlink()
@@ -110,7 +134,10 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", file: str 
     if not run_dir.is_dir():
         raise PathouccError("run folder not found", run_dir)
     if not path.is_file():
-        raise PathouccError(f"run folder has no trained model ({MODEL}); train it first", run_dir)
+        if file == MODEL and (run_dir / MODEL_UCC).is_file():
+            raise PathouccError(f"run folder has no refined model ({MODEL}), only the UCC model {MODEL_UCC}: run "
+                                f"`pathoucc refine {run_dir}`", run_dir)
+        raise PathouccError(f"run folder has no trained model ({file}); train it first", run_dir)
     state = read_weights(path, "model file")
     try:
         cfg = config_from_dict(json.loads(state["config"]), str(path))

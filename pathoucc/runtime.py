@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,12 @@ from pathoucc.errors import PathouccError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["autocast", "autocast_dtype", "cpu_has_bf16", "progress_bar", "seed_everything", "select_device"]
+__all__ = ["STOP_SIGNALS", "autocast", "autocast_dtype", "cpu_has_bf16", "progress_bar", "seed_everything",
+           "select_device"]
+
+# the signals that stop training at a step boundary (SIGTERM, SLURM's SIGUSR1, Ctrl-C): the training loop catches
+# them (pathoucc.training.preempt); DataLoader workers leave them to the training process
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
 
 
 def select_device(name: str) -> torch.device:

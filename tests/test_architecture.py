@@ -86,6 +86,9 @@ def test_public_api() -> None:
 
     for name in pathoucc.__all__:
         assert getattr(pathoucc, name) is not None, name
-    assert pathoucc.train_run is importlib.import_module("pathoucc.train").train_run
+    pipeline = importlib.import_module("pathoucc.pipeline")
+    assert pathoucc.train_run is pipeline.train_run and pathoucc.refine_run is pipeline.refine_run  # = the CLI
+    assert pathoucc.TrainReport is pipeline.TrainReport
+    assert pathoucc.train_ucc is importlib.import_module("pathoucc.training.train").train_ucc
     with pytest.raises(AttributeError):
         _ = pathoucc.no_such_name

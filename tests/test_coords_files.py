@@ -27,7 +27,7 @@ from pathoucc.slides.coords import CoordsFile
 from pathoucc.slides.reader import open_slide
 from pathoucc.slides.tilefile import TileFile, open_tiles
 from pathoucc.slides.tiler import tile_slide
-from pathoucc.train import train_run
+from pathoucc.training.train import train_ucc
 
 __all__ = ["digit_slide"]  # the fixture is used by name
 
@@ -157,7 +157,7 @@ def test_features_kmeans_and_segment_on_coords_files(files, monkeypatch, capsys,
         "train": {"steps": 3, "val_every": 100, "checkpoint_every": 100, "log_every": 100, "val_bags": 4},
         "eval": {"n_init": 2, "batch_size": 128, "k": 4},
     })
-    run = train_run(cfg, tmp_path / "run", progress=False)
+    run = train_ucc(cfg, tmp_path / "run", progress=False)
     _, model = load_run(run)
     with open_tiles(files["tiles"]) as t, open_tiles(files["clam"], files["slide"].parent) as c:
         np.testing.assert_array_equal(extract_features(model, c, 100), extract_features(model, t, 100))

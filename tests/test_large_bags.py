@@ -11,7 +11,8 @@ import torch
 from pathoucc.config import config_from_dict
 from pathoucc.data.pool import InstancePool
 from pathoucc.errors import PathouccError
-from pathoucc.train import Trainer
+from pathoucc.training.losses import ucc_nll
+from pathoucc.training.train import prepare_ucc, ucc_step
 
 
 def _region_pools(digits, sizes: list[int]) -> dict[str, InstancePool]:
@@ -35,13 +36,14 @@ def test_whole_region_larger_than_bag_size_trains(tiny_config, digits, tmp_path:
     """Count-only regions of 7 and 1 000 instances are each one whole bag (bag_size is 8), encoded in chunks."""
     cfg = config_from_dict(tiny_config | {"train": tiny_config["train"] | {"encoder_chunk": 128, "steps": 2},
                                           "bags": tiny_config["bags"] | {"bags_per_batch": 2}})
-    trainer = Trainer(cfg, tmp_path, _region_pools(digits, [7, 1000, 300]))
-    batch = trainer.sampler.sample(0, 2)
+    training = prepare_ucc(cfg, _region_pools(digits, [7, 1000, 300]))
+    batch = training.sampler.sample(0, 2)
     assert sorted(batch.sizes.tolist())[-1] >= 300 and batch.members.shape[1] >= 300
-    before = [p.detach().clone() for p in trainer.model.parameters()]
-    terms = trainer.train_step()
-    assert np.isfinite(float(terms["loss"]))
-    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.model.parameters(), strict=True))
+    model = training.state.modules["model"]
+    before = [p.detach().clone() for p in model.parameters()]
+    terms = ucc_step(training.state, training.data[0], cfg)
+    assert np.isfinite(float(terms["loss"])) and training.state.lr == terms["lr"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
 
 
 def test_shared_instance_bags_train(tiny_config, tmp_path: Path) -> None:
@@ -50,10 +52,14 @@ def test_shared_instance_bags_train(tiny_config, tmp_path: Path) -> None:
 
     cfg = config_from_dict(tiny_config | {"bags": tiny_config["bags"] | {"bags_per_batch": 16,
                                                                           "instances_per_batch": 40}})
-    trainer = Trainer(cfg, tmp_path, load_pools(cfg.data, ("train", "val")))
-    batch = trainer.sampler.sample(0, 16)
+    training = prepare_ucc(cfg, load_pools(cfg.data, ("train", "val")))
+    batch = training.sampler.sample(0, 16)
     assert len(batch.instances) == 40 and batch.members.shape == (16, 8)
-    assert np.isfinite(float(trainer.train_step()["loss"]))
+    item = training.data[0]
+    assert item["images"].shape[0] == 40 and item["members"].shape == (16, 8)  # the step gets the shared instances
+    before = training.state.modules["model"].head.weight.detach().clone()
+    assert np.isfinite(float(ucc_step(training.state, item, cfg)["loss"]))
+    assert not torch.equal(before, training.state.modules["model"].head.weight)
 
 
 def test_ucc_range_wider_than_the_classes_is_a_config_error(tiny_config, tmp_path: Path) -> None:
@@ -63,7 +69,7 @@ def test_ucc_range_wider_than_the_classes_is_a_config_error(tiny_config, tmp_pat
     pools = load_pools(cfg.data, ("train", "val"))
     pools["train"] = InstancePool(pools["train"].images[:300], pools["train"].labels[:300] % 5)
     with pytest.raises(PathouccError, match=r"bags.ucc_max=8 but the training instances have only 5 classes"):
-        Trainer(cfg, tmp_path, pools)
+        prepare_ucc(cfg, pools)
 
 
 def test_subsets_of_count_only_regions_are_upper_bounds() -> None:
@@ -95,8 +101,6 @@ def test_subsets_of_count_only_regions_are_upper_bounds() -> None:
 
 
 def test_upper_bound_loss_is_the_probability_of_at_most_the_count() -> None:
-    from pathoucc.train import ucc_nll
-
     logits = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.0, 0.0, 3.0, 0.0]])
     p = logits.softmax(1)
     target = torch.tensor([1, 1])
@@ -109,6 +113,8 @@ def test_upper_bound_loss_is_the_probability_of_at_most_the_count() -> None:
 
 def test_region_subsets_train(tiny_config, digits, tmp_path: Path) -> None:
     cfg = config_from_dict(tiny_config | {"bags": tiny_config["bags"] | {"bags_per_batch": 2, "region_subsets": 4}})
-    trainer = Trainer(cfg, tmp_path, _region_pools(digits, [7, 60, 30]))
-    terms = trainer.train_step()
+    training = prepare_ucc(cfg, _region_pools(digits, [7, 60, 30]))
+    item = training.data[0]
+    assert bool(item["upper"].any())  # subsets, labelled with an upper bound, reach the step
+    terms = ucc_step(training.state, item, cfg)
     assert np.isfinite(float(terms["loss"])) and 0.0 <= float(terms["ucc_acc"]) <= 1.0

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pathoucc.cluster.evaluate import evaluate_raw_pixels, evaluate_run
+from pathoucc.cluster.evaluate import evaluate_raw_pixels
 from pathoucc.config import load_config
-from pathoucc.train import train_run
+from pathoucc.pipeline import train_run
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_mnist_smoke_clusters_far_better_than_raw_pixels(tmp_path: Path) -> None:
     cfg = load_config(ROOT / "configs" / "mnist-smoke.yaml", [f"data.root={ROOT / 'data'}"])
-    result = evaluate_run(train_run(cfg, tmp_path / "run", progress=False))
+    result = train_run(cfg, tmp_path / "run").scores  # what `pathoucc train` prints
     raw = evaluate_raw_pixels(cfg)
     assert result["num_instances"] == raw["num_instances"] == 10_000  # the official test set
     assert raw["accuracy"] < 0.65

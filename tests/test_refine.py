@@ -1,9 +1,13 @@
-"""Count-consistent self-training (pathoucc.refine): pseudo-labels that respect each region's count, a fine-tune
-that learns them, and its place in a run (model-ucc.pt / model.pt, the same result when run again)."""
+"""Count-consistent self-training (pathoucc.cluster.refine): pseudo-labels that respect each region's count, a
+fine-tune that learns them through the training loop, and its place in a run (model-ucc.pt / model.pt, the same
+result when run again or resumed after an interruption, `pathoucc refine`)."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -13,19 +17,22 @@ import yaml
 from slide_fixtures import CELL, digit_slide
 from test_cli import _one_line_error, run_cli
 
+from pathoucc.cluster import refine as refine_module
+from pathoucc.cluster.evaluate import evaluate_run
 from pathoucc.cluster.features import extract_features
 from pathoucc.cluster.kmeans import fit_kmeans
 from pathoucc.cluster.metrics import clustering_accuracy
+from pathoucc.cluster.refine import count_consistent_labels, refine_model
 from pathoucc.config import ModelConfig, config_from_dict
 from pathoucc.data.pool import InstancePool
 from pathoucc.data.sources import load_pools
 from pathoucc.data.stream import StreamingPool
-from pathoucc.errors import PathouccError
+from pathoucc.errors import PathouccError, TrainingInterrupted
 from pathoucc.models import create_model
-from pathoucc.refine import count_consistent_labels, refine_model, refine_run
-from pathoucc.run import read_weights
+from pathoucc.pipeline import refine_run, train_run
+from pathoucc.run import REFINE_CHECKPOINT, read_weights
 from pathoucc.slides.tiler import tile_slide
-from pathoucc.train import train_run
+from pathoucc.training.train import train_ucc
 
 __all__ = ["digit_slide"]  # the fixture is used by name (by region_tiles)
 
@@ -165,8 +172,10 @@ def test_a_refined_run_keeps_the_ucc_model_and_repeats_exactly(region_tiles: Pat
         "eval": {"k": 10, "n_init": 1, "batch_size": 128},
         "refine": {"steps": 12, "batch_size": 32},
     })
-    run = train_run(cfg, tmp_path / "run", progress=False)
+    run = train_ucc(cfg, tmp_path / "run")
     assert (run / "model-ucc.pt").is_file() and not (run / "model.pt").exists()  # refine_run writes model.pt
+    with pytest.raises(PathouccError, match=r"no refined model \(model\.pt\).*run `pathoucc refine .*run`"):
+        evaluate_run(run)
     refine_run(run)
     ucc, refined = read_weights(run / "model-ucc.pt")["model"], read_weights(run / "model.pt")["model"]
     assert not torch.equal(ucc["head.weight"], refined["head.weight"])  # the features moved
@@ -179,45 +188,125 @@ def test_a_refined_run_keeps_the_ucc_model_and_repeats_exactly(region_tiles: Pat
     # --resume of a finished run: training is done; files of the old weights go (a k-means fitted on them), and
     # the refinement, always from model-ucc.pt, repeats bit for bit
     (run / "kmeans-k10.npz").write_bytes(b"fitted on older features")
-    train_run(cfg, run, resume=True, progress=False)
+    train_ucc(cfg, run, resume=True)
     assert not (run / "kmeans-k10.npz").exists() and not (run / "model.pt").exists()
     refine_run(run)
     again = read_weights(run / "model.pt")["model"]
     assert all(torch.equal(refined[k], again[k]) for k in refined)
     # switching the refinement off on --resume: model.pt is the UCC model again, no stale refinement files
     cfg.refine.steps = 0
-    train_run(cfg, run, resume=True, progress=False)
+    train_ucc(cfg, run, resume=True)
     assert torch.equal(read_weights(run / "model.pt")["model"]["head.weight"], ucc["head.weight"])
     assert not any((run / n).exists() for n in ("model-ucc.pt", "refine.json", "refine.jsonl"))
     with pytest.raises(PathouccError, match=r"no model-ucc\.pt to refine"):
         refine_run(run)
 
 
-def test_cli_train_refines_and_re_refines_on_resume(monkeypatch, capsys, region_tiles: Path,
-                                                     tmp_path: Path) -> None:
-    config = tmp_path / "slides.yaml"
-    config.write_text(yaml.safe_dump({
+def _slides_config(tiles: Path, **refine) -> dict:
+    return {
         "name": "slides", "seed": 0,
-        "data": {"source": "tiles", "train_tiles": [str(region_tiles)], "test_tiles": [str(region_tiles)],
-                 "val_fraction": 0.2},
+        "data": {"source": "tiles", "train_tiles": [str(tiles)], "test_tiles": [str(tiles)], "val_fraction": 0.2},
         "bags": {"bag_size": 4, "bags_per_batch": 2, "ucc_min": 1, "ucc_max": 4},
         "model": {"backbone": "conv", "widths": [8], "in_chans": 3, "input_size": CELL, "num_features": 4,
                   "mlp": [4]},
-        "train": {"steps": 2, "val_every": 2, "checkpoint_every": 2, "val_bags": 2},
+        "train": {"steps": 2, "val_every": 2, "checkpoint_every": 2, "log_every": 2, "val_bags": 2},
         "eval": {"k": 10, "n_init": 1},
-        "refine": {"steps": 6, "batch_size": 16},
-    }))
+        "refine": {"steps": 6, "batch_size": 16} | refine,
+    }
+
+
+def _same_weights(a: Path, b: Path) -> bool:
+    wa, wb = read_weights(a)["model"], read_weights(b)["model"]
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_cli_train_is_the_python_call_and_refine_re_refines(monkeypatch, capsys, region_tiles: Path,
+                                                             tmp_path: Path) -> None:
+    config = tmp_path / "slides.yaml"
+    config.write_text(yaml.safe_dump(_slides_config(region_tiles)))
     run = tmp_path / "run"
     code, out, _ = run_cli(monkeypatch, capsys, "train", str(config), "--out", str(run))
     assert code == 0 and "refined: 1 round(s) of 6 steps" in out and "clustering" in out
-    assert (run / "model.pt").is_file() and (run / "model-ucc.pt").is_file()
+    # the Python call does what the command does: the same files, the same weights, the same scores
+    report = train_run(config_from_dict(_slides_config(region_tiles)), tmp_path / "python")
+    names = sorted(p.name for p in run.iterdir())
+    assert names == sorted(p.name for p in report.run_dir.iterdir())
+    assert {"model.pt", "model-ucc.pt", "refine.json", "metrics.json"} <= set(names) and REFINE_CHECKPOINT not in names
+    for name in ("model.pt", "model-ucc.pt", "checkpoint.pt"):
+        assert _same_weights(run / name, report.run_dir / name), name
+    assert report.scores == json.loads((run / "metrics.json").read_text())["test"] | {
+        "seconds": report.scores["seconds"]}
+    assert report.refine["rounds"][0]["changed_by_counts"] == json.loads(
+        (run / "refine.json").read_text())["rounds"][0]["changed_by_counts"]
+    # re-refining without retraining: `train --resume --set refine.*` and `pathoucc refine RUN --set refine.*`
     code, out, _ = run_cli(monkeypatch, capsys, "train", str(config), "--out", str(run), "--resume",
-                        "--set", "refine.rounds=2")
+                           "--set", "refine.rounds=2")
     assert code == 0 and "refined: 2 round(s) of 6 steps" in out
     assert len(json.loads((run / "refine.json").read_text())["rounds"]) == 2
     assert yaml.safe_load((run / "config.yaml").read_text())["refine"]["rounds"] == 2
+    ucc_before = (run / "model-ucc.pt").read_bytes()
+    code, out, _ = run_cli(monkeypatch, capsys, "refine", str(run), "--set", "refine.rounds=1", "--device", "cpu")
+    assert code == 0 and "refined: 1 round(s) of 6 steps" in out and "clustering" not in out
+    assert (run / "model-ucc.pt").read_bytes() == ucc_before  # no retraining
+    assert _same_weights(run / "model.pt", report.run_dir / "model.pt")  # one round again: the first result
+    assert yaml.safe_load((run / "config.yaml").read_text())["refine"]["rounds"] == 1
+    assert not (run / "metrics.json").exists()  # the scores of the earlier model.pt went with it
+    code, out, _ = run_cli(monkeypatch, capsys, "refine", "--help")
+    assert code == 0 and "--set" in out and "--device" in out
+    code, _, err = run_cli(monkeypatch, capsys, "refine", str(run), "--set", "train.lr=0.1")
+    assert code == 2
+    _one_line_error(err, "train.lr=0.1", "only refine.* settings")
     # refinement needs count-labelled regions: refused before any training, in one line
     config.write_text(yaml.safe_dump({"data": {"source": "mnist"}, "refine": {"steps": 5}}))
     code, _, err = run_cli(monkeypatch, capsys, "train", str(config), "--out", str(tmp_path / "no"))
     assert code == 2 and not (tmp_path / "no").exists()
     _one_line_error(err, "slides.yaml", "refine.steps needs count-labelled regions")
+
+
+class _Killed(BaseException):
+    """Stands for a hard kill: nothing in the process reacts."""
+
+
+@pytest.mark.parametrize(("stop", "at", "saved"), [("SIGINT", (2, 3), (2, 4)), ("kill", (1, 5), (1, 4)),
+                                                   ("kill", (2, 1), (1, 6))])
+def test_interrupted_refinement_resumes_to_the_same_weights(monkeypatch, region_tiles: Path, tmp_path: Path,
+                                                            stop: str, at: tuple, saved: tuple) -> None:
+    """Stopped at step ``at`` = (round, step): a signal finishes the step and saves; a kill leaves the last
+    checkpoint (every 2 steps, and at each round's end). Either way refine_run continues to the same weights, log
+    and summary as a refinement never stopped."""
+    cfg = config_from_dict(_slides_config(region_tiles, rounds=2, steps=6) | {"name": "resume"})
+    cfg.train.log_every = 1
+    train_ucc(cfg, tmp_path / "full")
+    shutil.copytree(tmp_path / "full", tmp_path / "stopped")
+    refine_run(tmp_path / "full")
+    original = refine_module.refine_step
+
+    def stopping_step(state, batch, lr, steps) -> dict:
+        if (state.meta["round"], state.step) == at:
+            if stop == "kill":
+                raise _Killed
+            os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step: the step still finishes
+        return original(state, batch, lr, steps)
+
+    monkeypatch.setattr(refine_module, "refine_step", stopping_step)
+    with pytest.raises(TrainingInterrupted if stop == "SIGINT" else _Killed):
+        refine_run(tmp_path / "stopped")
+    monkeypatch.undo()
+    state = read_weights(tmp_path / "stopped" / REFINE_CHECKPOINT)
+    assert (state["round"], state["step"]) == saved and not (tmp_path / "stopped" / "model.pt").exists()
+    refine_run(tmp_path / "stopped")
+    assert _same_weights(tmp_path / "full" / "model.pt", tmp_path / "stopped" / "model.pt")
+    assert not (tmp_path / "stopped" / REFINE_CHECKPOINT).exists()
+
+    def records(run: Path) -> list[dict]:
+        return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"}
+                for line in (run / "refine.jsonl").read_text().splitlines()]
+
+    assert records(tmp_path / "full") == records(tmp_path / "stopped")
+    assert [(r["round"], r["step"]) for r in records(tmp_path / "full")] == [(1 + i // 6, 1 + i % 6) for i in range(12)]
+
+    def summary(run: Path) -> list[dict]:
+        return [{k: v for k, v in r.items() if k != "seconds"}
+                for r in json.loads((run / "refine.json").read_text())["rounds"]]
+
+    assert summary(tmp_path / "full") == summary(tmp_path / "stopped")

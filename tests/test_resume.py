@@ -20,7 +20,8 @@ from pathoucc.config import config_from_dict
 from pathoucc.errors import PathouccError, TrainingInterrupted
 from pathoucc.files import atomic_path, write_json
 from pathoucc.run import CHECKPOINT, CONFIG, RESUMABLE, config_diff, read_weights, save_weights
-from pathoucc.train import Trainer, train_run
+from pathoucc.training import train as train_module
+from pathoucc.training.train import train_ucc
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -43,14 +44,14 @@ class _Killed(BaseException):
 
 
 def _kill_at(monkeypatch, step: int) -> None:
-    original = Trainer.train_step
+    original = train_module.ucc_step
 
-    def dying_step(self: Trainer) -> dict:
-        if self.step == step:
+    def dying_step(state, batch, cfg) -> dict:
+        if state.step == step:
             raise _Killed
-        return original(self)
+        return original(state, batch, cfg)
 
-    monkeypatch.setattr(Trainer, "train_step", dying_step)
+    monkeypatch.setattr(train_module, "ucc_step", dying_step)
 
 
 # ------------------------------------------------------------------------------------------- config differences
@@ -70,13 +71,13 @@ def test_config_diff_names_keys_and_both_values(tiny_config: dict) -> None:
 def test_resume_with_a_differing_config_is_refused(tmp_path: Path, tiny_config: dict) -> None:
     run = tmp_path / "run"
     tiny_config["train"]["steps"] = 4
-    train_run(config_from_dict(tiny_config), run, progress=False)
+    train_ucc(config_from_dict(tiny_config), run, progress=False)
     before = (run / CONFIG).read_bytes()
     changed = json.loads(json.dumps(tiny_config))
     changed["bags"]["bag_size"] = 16
     changed["train"]["lr"] = 0.01
     with pytest.raises(PathouccError) as info:
-        train_run(config_from_dict(changed), run, resume=True, progress=False)
+        train_ucc(config_from_dict(changed), run, resume=True, progress=False)
     msg = str(info.value)
     assert "\n" not in msg and msg.startswith(str(run / CONFIG))
     assert "bags.bag_size: 8 (run) vs 16 (given)" in msg and "train.lr: 0.001 (run) vs 0.01 (given)" in msg
@@ -84,23 +85,23 @@ def test_resume_with_a_differing_config_is_refused(tmp_path: Path, tiny_config: 
     # without config.yaml, the checkpoint's own config is the reference
     (run / CONFIG).unlink()
     with pytest.raises(PathouccError, match=r"checkpoint\.pt: --resume with a config that differs.*bag_size"):
-        train_run(config_from_dict(changed), run, resume=True, progress=False)
+        train_ucc(config_from_dict(changed), run, resume=True, progress=False)
     # a longer budget is what --resume is for
     tiny_config["train"]["steps"] = 6
-    train_run(config_from_dict(tiny_config), run, resume=True, progress=False)
+    train_ucc(config_from_dict(tiny_config), run, resume=True, progress=False)
     assert yaml.safe_load((run / CONFIG).read_text())["train"]["steps"] == 6 and _step(run) == 6
 
 
 def test_torn_metrics_line_does_not_stop_a_resume(tmp_path: Path, tiny_config: dict, monkeypatch, caplog) -> None:
     cfg = config_from_dict(tiny_config)
-    train_run(cfg, tmp_path / "full", progress=False)
+    train_ucc(cfg, tmp_path / "full", progress=False)
     _kill_at(monkeypatch, 5)
     with pytest.raises(_Killed):
-        train_run(cfg, tmp_path / "killed", progress=False)
+        train_ucc(cfg, tmp_path / "killed", progress=False)
     monkeypatch.undo()
     with (tmp_path / "killed" / "metrics.jsonl").open("a") as f:
         f.write('{"step": 6, "ucc_lo')  # the half-written line of a killed writer
-    train_run(cfg, tmp_path / "killed", resume=True, progress=False)
+    train_ucc(cfg, tmp_path / "killed", resume=True, progress=False)
     steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
     assert "dropped 1 unreadable line" in caplog.text
@@ -172,41 +173,41 @@ def test_full_disk_during_training_stops_with_the_last_checkpoint(tmp_path: Path
     monkeypatch.setattr(torch, "save", save_once)
     run = tmp_path / "run"
     with pytest.raises(PathouccError, match=r"checkpoint\.pt: no space left on device"):
-        train_run(config_from_dict(tiny_config), run, progress=False)
+        train_ucc(config_from_dict(tiny_config), run, progress=False)
     monkeypatch.undo()
     assert _step(run) == 2 and not (run / "model.pt").exists()
-    train_run(config_from_dict(tiny_config), run, resume=True, progress=False)
+    train_ucc(config_from_dict(tiny_config), run, resume=True, progress=False)
     assert _step(run) == 6
 
 
 # ------------------------------------------------------------------------------------------ signals and seeds
 def test_signal_stops_at_the_next_step_boundary(tmp_path: Path, tiny_config: dict, monkeypatch) -> None:
     cfg = config_from_dict(tiny_config)
-    train_run(cfg, tmp_path / "full", progress=False)
-    original, before = Trainer.train_step, signal.getsignal(signal.SIGINT)
+    train_ucc(cfg, tmp_path / "full", progress=False)
+    original, before = train_module.ucc_step, signal.getsignal(signal.SIGINT)
 
-    def step_with_ctrl_c(self: Trainer) -> dict:
-        if self.step == 4:
+    def step_with_ctrl_c(state, batch, cfg) -> dict:
+        if state.step == 4:
             os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step: the step still finishes
-        return original(self)
+        return original(state, batch, cfg)
 
-    monkeypatch.setattr(Trainer, "train_step", step_with_ctrl_c)
+    monkeypatch.setattr(train_module, "ucc_step", step_with_ctrl_c)
     with pytest.raises(TrainingInterrupted) as info:
-        train_run(cfg, tmp_path / "stopped", progress=False)
+        train_ucc(cfg, tmp_path / "stopped", progress=False)
     assert (info.value.signal_name, info.value.step, info.value.exit_code) == ("SIGINT", 5, 130)
     assert str(info.value) == "interrupted by SIGINT at step 5; checkpoint saved; continue with --resume"
     assert _step(tmp_path / "stopped") == 5 and signal.getsignal(signal.SIGINT) is before
     monkeypatch.undo()
-    train_run(cfg, tmp_path / "stopped", resume=True, progress=False)
+    train_ucc(cfg, tmp_path / "stopped", resume=True, progress=False)
     _assert_same_weights(tmp_path / "full", tmp_path / "stopped")
 
 
 # the command line with every step slowed down (sleeping changes no number), so a signal lands mid-run
 _SLOW_CLI = """
 import sys, time
-from pathoucc.train import Trainer
-step = Trainer.train_step
-Trainer.train_step = lambda self: (time.sleep(0.05), step(self))[1]
+from pathoucc.training import train
+step = train.ucc_step
+train.ucc_step = lambda state, batch, cfg: (time.sleep(0.05), step(state, batch, cfg))[1]
 from pathoucc.cli import main
 main()
 """
@@ -234,8 +235,8 @@ def test_sigterm_from_outside_then_resume_gives_the_uninterrupted_weights(tmp_pa
     threads = torch.get_num_threads()
     try:
         cfg = config_from_dict(tiny_config)
-        train_run(cfg, run, resume=True, progress=False)
-        train_run(cfg, tmp_path / "full", progress=False)
+        train_ucc(cfg, run, resume=True, progress=False)
+        train_ucc(cfg, tmp_path / "full", progress=False)
     finally:
         torch.set_num_threads(threads)
     _assert_same_weights(tmp_path / "full", run)
@@ -247,17 +248,17 @@ def test_augmented_runs_are_seeded_and_resume_exactly(tmp_path: Path, tiny_confi
     tiny_config["data"]["augment"] = [{"name": "HorizontalFlip", "p": 0.5},
                                       {"name": "RandomBrightnessContrast", "p": 0.8}]
     cfg = config_from_dict(tiny_config)
-    train_run(cfg, tmp_path / "a", progress=False)
-    train_run(cfg, tmp_path / "b", progress=False)
+    train_ucc(cfg, tmp_path / "a", progress=False)
+    train_ucc(cfg, tmp_path / "b", progress=False)
     _assert_same_weights(tmp_path / "a", tmp_path / "b")
     _kill_at(monkeypatch, 3)
     with pytest.raises(_Killed):
-        train_run(cfg, tmp_path / "killed", progress=False)
+        train_ucc(cfg, tmp_path / "killed", progress=False)
     monkeypatch.undo()
     assert _step(tmp_path / "killed") == 2
-    train_run(cfg, tmp_path / "killed", resume=True, progress=False)
+    train_ucc(cfg, tmp_path / "killed", resume=True, progress=False)
     _assert_same_weights(tmp_path / "a", tmp_path / "killed")
     # the augmentations do something: without them the weights differ
     tiny_config["data"]["augment"] = []
-    train_run(config_from_dict(tiny_config), tmp_path / "plain", progress=False)
+    train_ucc(config_from_dict(tiny_config), tmp_path / "plain", progress=False)
     assert not torch.equal(_weights(tmp_path / "a")["head.weight"], _weights(tmp_path / "plain")["head.weight"])

@@ -12,7 +12,7 @@ from test_cli import _one_line_error, run_cli
 
 from pathoucc.config import config_from_dict
 from pathoucc.slides.tiler import tile_slide
-from pathoucc.train import train_run
+from pathoucc.training.train import train_ucc
 
 __all__ = ["digit_slide"]  # the fixture is used by name
 
@@ -31,7 +31,7 @@ def digit_run(digit_slide, tmp_path_factory) -> dict:
         "train": {"steps": 20, "val_every": 100, "checkpoint_every": 100, "log_every": 100, "val_bags": 4},
         "eval": {"n_init": 2, "batch_size": 128},
     })
-    train_run(cfg, folder / "run", progress=False)
+    train_ucc(cfg, folder / "run", progress=False)
     return {"run": folder / "run", "tiles": tiles, "folder": folder}
 
 
@@ -101,7 +101,7 @@ def bad_inputs(digit_run, digit_slide, tmp_path_factory, digits_idx) -> dict:
                              "model": {"widths": [4, 8], "input_size": 8, "num_features": 4, "mlp": [8],
                                        "decoder": False},
                              "train": {"steps": 1, "val_every": 10, "checkpoint_every": 10, "val_bags": 2}})
-    train_run(gray, folder / "gray", progress=False)
+    train_ucc(gray, folder / "gray", progress=False)
     wrong_km = folder / "wrongkm"
     wrong_km.mkdir()
     for name in ("model.pt", "config.yaml"):

@@ -24,7 +24,7 @@ from pathoucc.data.stream import StreamingPool
 from pathoucc.errors import PathouccError
 from pathoucc.models.encoders import TimmEncoder, input_stats
 from pathoucc.slides.tiler import tile_slide
-from pathoucc.train import Trainer
+from pathoucc.training.train import UCCTraining, fit_ucc, prepare_ucc
 
 __all__ = ["digit_slide"]  # the fixture is used by name
 
@@ -50,11 +50,11 @@ def _config(tiles: list[Path], streaming: bool, workers: int = 0, augment: bool 
     })
 
 
-def _train(cfg, run: Path) -> tuple[Trainer, list[str]]:
+def _train(cfg, run: Path) -> tuple[UCCTraining, list[str]]:
     run.mkdir()
-    trainer = Trainer(cfg, run, load_pools(cfg.data, ("train", "val")))
-    trainer.fit(progress=False)
-    return trainer, (run / "metrics.jsonl").read_text().splitlines()
+    training = prepare_ucc(cfg, load_pools(cfg.data, ("train", "val")))
+    fit_ucc(training, cfg, run)
+    return training, (run / "metrics.jsonl").read_text().splitlines()
 
 
 def test_streaming_pool_trains_exactly_as_the_in_memory_pool(labelled_tiles: Path, tmp_path: Path) -> None:
@@ -79,11 +79,11 @@ def test_streaming_pool_trains_exactly_as_the_in_memory_pool(labelled_tiles: Pat
         return [{k: v for k, v in json.loads(line).items() if k != "elapsed_s"} for line in lines]
 
     assert len(la) == 3 and without_time(la) == without_time(lb)
-    for (name, wa), wb in zip(ta.model.state_dict().items(), tb.model.state_dict().values(), strict=True):
+    ma, mb = ta.state.modules["model"], tb.state.modules["model"]
+    for (name, wa), wb in zip(ma.state_dict().items(), mb.state_dict().values(), strict=True):
         torch.testing.assert_close(wa, wb, rtol=0, atol=0, msg=name)
     # features for evaluation and k-means stream too, batch by batch
-    np.testing.assert_array_equal(extract_features(ta.model, memory["test"], 64),
-                                  extract_features(ta.model, stream["test"], 64))
+    np.testing.assert_array_equal(extract_features(ma, memory["test"], 64), extract_features(ma, stream["test"], 64))
 
 
 def _corrupt_patch_chunks(path: Path) -> None:
@@ -101,16 +101,16 @@ def _corrupt_patch_chunks(path: Path) -> None:
 def test_corrupt_tile_file_mid_training_names_the_file(labelled_tiles: Path, tmp_path: Path, workers: int) -> None:
     bad = Path(shutil.copy(labelled_tiles, tmp_path / "bad.h5"))
     cfg = _config([bad], True, workers, augment=False)
-    trainer = Trainer(cfg, tmp_path, load_pools(cfg.data, ("train", "val")))  # metadata only: nothing read yet
+    training = prepare_ucc(cfg, load_pools(cfg.data, ("train", "val")))  # metadata only: nothing read yet
     _corrupt_patch_chunks(bad)
     with pytest.raises(PathouccError) as info:
-        trainer.fit(progress=False)
+        fit_ucc(training, cfg, tmp_path)
     msg = str(info.value)
     assert msg.startswith(f"{bad}: cannot read patches") and "corrupt" in msg and "\n" not in msg, msg
     bad.unlink()  # a file that disappears: named too
-    trainer.train_pool.close()
+    training.train_pool.close()
     with pytest.raises(PathouccError, match=rf"^{bad}: tiles file not found$"):
-        trainer.train_pool.read(np.arange(3))
+        training.train_pool.read(np.arange(3))
 
 
 def test_corrupt_tile_file_read_into_memory_is_one_line_in_train(labelled_tiles: Path, tmp_path: Path, monkeypatch,

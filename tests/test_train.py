@@ -12,8 +12,11 @@ import torch
 from pathoucc.cluster.evaluate import evaluate_raw_pixels, evaluate_run
 from pathoucc.config import config_from_dict
 from pathoucc.errors import PathouccError
+from pathoucc.pipeline import TrainReport, train_run
 from pathoucc.run import CHECKPOINT, load_run
-from pathoucc.train import Trainer, lr_factor, train_run
+from pathoucc.training import train as train_module
+from pathoucc.training.schedule import cosine, lr_factor, refine_lr_factor
+from pathoucc.training.train import train_ucc
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -22,8 +25,9 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 def test_train_writes_a_complete_run(tmp_path: Path, tiny_config: dict) -> None:
     run = tmp_path / "run"
-    assert train_run(config_from_dict(tiny_config), run, progress=False) == run
-    result = evaluate_run(run)
+    report = train_run(config_from_dict(tiny_config), run)  # what `pathoucc train` does: train, then score
+    assert isinstance(report, TrainReport) and report.run_dir == run and report.refine is None
+    result = report.scores
     for name in ("config.yaml", "metrics.jsonl", "checkpoint.pt", "model.pt", "training_curves.png", "metrics.json",
                  "train.log"):
         assert (run / name).is_file(), name
@@ -39,12 +43,12 @@ def test_train_writes_a_complete_run(tmp_path: Path, tiny_config: dict) -> None:
 
 
 def test_same_seed_same_result(tmp_path: Path, tiny_config: dict) -> None:
-    train_run(config_from_dict(tiny_config), tmp_path / "a", progress=False)
-    train_run(config_from_dict(tiny_config), tmp_path / "b", progress=False)
+    train_ucc(config_from_dict(tiny_config), tmp_path / "a", progress=False)
+    train_ucc(config_from_dict(tiny_config), tmp_path / "b", progress=False)
     for k, v in _weights(tmp_path / "a").items():
         torch.testing.assert_close(v, _weights(tmp_path / "b")[k], rtol=0, atol=0)
     tiny_config["seed"] = 4
-    train_run(config_from_dict(tiny_config), tmp_path / "c", progress=False)
+    train_ucc(config_from_dict(tiny_config), tmp_path / "c", progress=False)
     assert not torch.equal(_weights(tmp_path / "a")["head.weight"], _weights(tmp_path / "c")["head.weight"])
 
 
@@ -58,26 +62,26 @@ class _Killed(BaseException):
 def test_stopped_run_resumes_to_the_same_weights(tmp_path: Path, tiny_config: dict, monkeypatch, stop,
                                                  checkpoint_step) -> None:
     cfg = config_from_dict(tiny_config)
-    train_run(cfg, tmp_path / "full", progress=False)
+    train_ucc(cfg, tmp_path / "full", progress=False)
 
-    original = Trainer.train_step
+    original = train_module.ucc_step
 
-    def dying_step(self: Trainer) -> dict:
-        if self.step == 5:
+    def dying_step(state, batch, cfg) -> dict:
+        if state.step == 5:
             raise stop
-        return original(self)
+        return original(state, batch, cfg)
 
-    monkeypatch.setattr(Trainer, "train_step", dying_step)
+    monkeypatch.setattr(train_module, "ucc_step", dying_step)
     with pytest.raises(stop):
-        train_run(cfg, tmp_path / "killed", progress=False)
+        train_ucc(cfg, tmp_path / "killed", progress=False)
     # the last periodic checkpoint (every 2 steps) survives
     assert torch.load(tmp_path / "killed" / CHECKPOINT, weights_only=True)["step"] == checkpoint_step
     assert not (tmp_path / "killed" / "model.pt").exists()
-    monkeypatch.setattr(Trainer, "train_step", original)
+    monkeypatch.setattr(train_module, "ucc_step", original)
 
     with pytest.raises(PathouccError, match="already holds a checkpoint"):
-        train_run(cfg, tmp_path / "killed", progress=False)
-    train_run(cfg, tmp_path / "killed", resume=True, progress=False)
+        train_ucc(cfg, tmp_path / "killed", progress=False)
+    train_ucc(cfg, tmp_path / "killed", resume=True, progress=False)
     for k, v in _weights(tmp_path / "full").items():
         torch.testing.assert_close(v, _weights(tmp_path / "killed")[k], rtol=0, atol=0)
     steps = [json.loads(x)["step"] for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
@@ -86,7 +90,7 @@ def test_stopped_run_resumes_to_the_same_weights(tmp_path: Path, tiny_config: di
 
 def test_resume_needs_a_checkpoint(tmp_path: Path, tiny_config: dict) -> None:
     with pytest.raises(PathouccError, match="no checkpoint to resume from"):
-        train_run(config_from_dict(tiny_config), tmp_path / "new", resume=True)
+        train_ucc(config_from_dict(tiny_config), tmp_path / "new", resume=True)
 
 
 def test_corrupt_checkpoint_is_reported(tmp_path: Path, tiny_config: dict) -> None:
@@ -94,18 +98,18 @@ def test_corrupt_checkpoint_is_reported(tmp_path: Path, tiny_config: dict) -> No
     run.mkdir()
     (run / CHECKPOINT).write_bytes(b"\x00garbage")
     with pytest.raises(PathouccError, match=r"checkpoint\.pt: corrupt"):
-        train_run(config_from_dict(tiny_config), run, resume=True)
+        train_ucc(config_from_dict(tiny_config), run, resume=True)
 
 
 def test_time_budget_stops_training(tmp_path: Path, tiny_config: dict) -> None:
     tiny_config["train"] |= {"steps": 100_000, "max_minutes": 0.001}
-    train_run(config_from_dict(tiny_config), tmp_path / "run", progress=False)
+    train_ucc(config_from_dict(tiny_config), tmp_path / "run", progress=False)
     assert torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)["step"] < 100
 
 
 def test_evaluate_run_and_raw_pixel_baseline(tmp_path: Path, tiny_config: dict) -> None:
     cfg = config_from_dict(tiny_config)
-    train_run(cfg, tmp_path / "run", progress=False)
+    train_ucc(cfg, tmp_path / "run", progress=False)
     val = evaluate_run(tmp_path / "run", split="val")
     assert val["split"] == "val" and val["num_instances"] == 299
     raw = evaluate_raw_pixels(cfg)
@@ -118,15 +122,15 @@ def test_evaluate_run_and_raw_pixel_baseline(tmp_path: Path, tiny_config: dict) 
 def test_wrong_input_shape_is_reported(tmp_path: Path, tiny_config: dict) -> None:
     tiny_config["model"]["input_size"] = 28
     with pytest.raises(PathouccError, match=r"model expects 1×28×28 instances, data has 1×8×8"):
-        train_run(config_from_dict(tiny_config), tmp_path / "run")
+        train_ucc(config_from_dict(tiny_config), tmp_path / "run")
 
 
 def test_augmentations_from_the_config(tmp_path: Path, tiny_config: dict) -> None:
     tiny_config["data"]["augment"] = [{"name": "HorizontalFlip", "p": 0.5}]
-    train_run(config_from_dict(tiny_config), tmp_path / "run", progress=False)
+    train_ucc(config_from_dict(tiny_config), tmp_path / "run", progress=False)
     tiny_config["data"]["augment"] = [{"name": "NoSuchTransform"}]
     with pytest.raises(PathouccError, match="NoSuchTransform"):
-        train_run(config_from_dict(tiny_config), tmp_path / "run2", progress=False)
+        train_ucc(config_from_dict(tiny_config), tmp_path / "run2", progress=False)
 
 
 def test_onecycle_warms_up_then_anneals(tiny_config: dict) -> None:
@@ -152,3 +156,10 @@ def test_time_budget_drives_the_schedule(tiny_config) -> None:
     assert lr_factor(cfg, 10, elapsed_s=0.0) == pytest.approx(lr_factor(cfg, 10))
     assert lr_factor(cfg, 10, elapsed_s=30.0) == pytest.approx(0.5)
     assert lr_factor(cfg, 10, elapsed_s=60.0) == pytest.approx(0.0)
+
+
+def test_one_cosine_serves_training_and_refinement(tiny_config: dict) -> None:
+    assert cosine(1.0, 0.0, 0.5) == pytest.approx(0.5) and cosine(2.0, 1.0, 7.0) == 1.0  # past the end: end
+    assert [refine_lr_factor(s, 4) for s in range(5)] == pytest.approx([1.0, 0.8536, 0.5, 0.1464, 0.0], abs=1e-4)
+    cfg = config_from_dict(tiny_config | {"train": tiny_config["train"] | {"steps": 4, "schedule": "cosine"}})
+    assert [lr_factor(cfg, s) for s in range(5)] == [refine_lr_factor(s, 4) for s in range(5)]

@@ -15,7 +15,7 @@ from pathoucc.config import DataConfig, config_from_dict
 from pathoucc.data.sources import load_pools
 from pathoucc.errors import PathouccError
 from pathoucc.slides.tiler import tile_slide
-from pathoucc.train import train_run
+from pathoucc.training.train import train_ucc
 
 __all__ = ["digit_slide"]  # the fixture is used by name
 
@@ -55,14 +55,14 @@ def test_train_on_tiles_with_timm_and_augmentations(tiles: dict[str, Path], tmp_
         "train": {"steps": 2, "val_every": 2, "checkpoint_every": 2, "log_every": 1, "val_bags": 2},
         "eval": {"n_init": 1, "batch_size": 64},
     })
-    unlabelled = evaluate_run(train_run(cfg, tmp_path / "run", progress=False))  # the plain tiles have no classes
+    unlabelled = evaluate_run(train_ucc(cfg, tmp_path / "run", progress=False))  # the plain tiles have no classes
     assert "accuracy" not in unlabelled and unlabelled["num_labelled"] == 0
     assert sum(unlabelled["cluster_sizes"]) == unlabelled["num_instances"] == 256
     assert unlabelled["kmeans"]["fit"] == "heldout" and "none labelled" in unlabelled["kmeans"]["fitted_on"]
     result = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
     assert result["step"] == 2 and "val_ucc_loss" in result
     cfg.data.test_tiles = [str(tiles["labelled"])]
-    scores = evaluate_run(train_run(cfg, tmp_path / "run2", progress=False))
+    scores = evaluate_run(train_ucc(cfg, tmp_path / "run2", progress=False))
     assert scores["k"] == 10 or scores["k"] == len(set(np.unique(load_pools(cfg.data, ("test",))["test"].labels)))
     # the features carry the digit classes: above clusters drawn at random (0.20); measured 0.27-0.34, NMI 0.27-0.28
     # (albumentations is seeded from the config's seed and the step, so the value is the same on every run)

@@ -57,7 +57,7 @@ def write_tiles(path: Path, patches: int, seed: int) -> None:
 
 def child(tiles: list[str], streaming: bool, steps: int, chunk: int, out: str) -> None:
     from pathoucc.config import config_from_dict
-    from pathoucc.train import train_run
+    from pathoucc.training.train import train_ucc
 
     cfg = config_from_dict({
         "data": {"source": "tiles", "train_tiles": tiles, "val_fraction": 0.0, "streaming": streaming},
@@ -67,7 +67,7 @@ def child(tiles: list[str], streaming: bool, steps: int, chunk: int, out: str) -
                   "encoder_chunk": chunk},
     })
     start = time.perf_counter()
-    train_run(cfg, out, progress=False)
+    train_ucc(cfg, out)
     print(json.dumps({"files": len(tiles), "streaming": streaming, "encoder_chunk": chunk,
                       "s_per_step": (time.perf_counter() - start) / steps,
                       "tile_gb": sum(Path(t).stat().st_size for t in tiles) / 2**30, "peak_rss_gb": peak_rss_gb()}))

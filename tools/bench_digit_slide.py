@@ -49,7 +49,7 @@ def main() -> None:
     from pathoucc.config import SegmentOptions, load_config
     from pathoucc.segment import segment_run
     from pathoucc.slides.tiler import tile_slides
-    from pathoucc.train import train_run
+    from pathoucc.training.train import train_ucc
 
     timings = {}
     tiles = args.work / "tiles"
@@ -69,7 +69,7 @@ def main() -> None:
     cfg = load_config(ROOT / "configs" / "digit-slide.yaml", overrides)
     start = time.perf_counter()
     resume = (args.run / "checkpoint.pt").exists()
-    patch_scores = evaluate_run(train_run(cfg, args.run, resume=resume, progress=sys.stderr.isatty()))
+    patch_scores = evaluate_run(train_ucc(cfg, args.run, resume=resume, progress=sys.stderr.isatty()))
     timings["train_and_evaluate_s"] = time.perf_counter() - start
 
     start = time.perf_counter()

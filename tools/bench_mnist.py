@@ -31,10 +31,10 @@ def child(config: str, out: str, overrides: list[str]) -> None:
     """Train in this process; print wall-clock seconds and peak RSS as JSON on the last line."""
     from pathoucc.cluster.evaluate import evaluate_run
     from pathoucc.config import load_config
-    from pathoucc.train import train_run
+    from pathoucc.training.train import train_ucc
 
     start = time.perf_counter()
-    metrics = evaluate_run(train_run(load_config(config, overrides), out, progress=False))
+    metrics = evaluate_run(train_ucc(load_config(config, overrides), out))
     wall = time.perf_counter() - start
     rss_gb = peak_rss_gb()
     print(json.dumps({"wall_s": wall, "peak_rss_gb": rss_gb, "metrics": metrics}))

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +38,7 @@ def main() -> None:
 
     from pathoucc.config import config_from_dict
     from pathoucc.data.pool import InstancePool
-    from pathoucc.train import Trainer
+    from pathoucc.training.train import prepare_ucc, ucc_step
 
     rng = np.random.default_rng(0)
     n = args.patches * args.regions
@@ -53,15 +52,16 @@ def main() -> None:
         "train": {"steps": args.steps, "encoder_chunk": args.chunk, "amp": bool(args.amp)},
     })
     base_rss = peak_rss_gb()
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(cfg, Path(tmp), {"train": pool})
-        times = []
-        for _ in range(args.steps):
-            start = time.perf_counter()
-            trainer.train_step()
-            times.append(time.perf_counter() - start)
+    training = prepare_ucc(cfg, {"train": pool})
+    times = []
+    for step in range(args.steps):
+        start = time.perf_counter()
+        ucc_step(training.state, training.data[step], cfg)
+        training.state.step += 1
+        times.append(time.perf_counter() - start)
     row = {"patches_per_bag": args.patches, "backbone": args.backbone, "patch_px": args.size,
-           "encoder_chunk": args.chunk, "amp_dtype": str(trainer.amp_dtype), "s_per_step": float(np.median(times)),
+           "encoder_chunk": args.chunk, "amp_dtype": str(training.state.amp_dtype),
+           "s_per_step": float(np.median(times)),
            "peak_rss_gb": peak_rss_gb(), "pool_gb": images.nbytes / 2**30, "rss_before_training_gb": base_rss,
            "command": "python tools/bench_region_memory.py " + " ".join(sys.argv[1:])}
     print(json.dumps(row))

@@ -11,7 +11,7 @@
 2. ``pathoucc tile SLIDE --geojson SLIDE_regions.geojson --classes 0,...,9 --patch-size 32 --level 0``: patches
    of tissue only (glass is not tiled), each count-only region one bag; no patch labels.
 3. ``pathoucc train configs/digit-slide.yaml`` on the training tiles: every count-only region is one whole bag;
-   then (``refine.steps``) the count-consistent refinement (``pathoucc.refine``) on the same regions' counts.
+   then (``refine.steps``) the count-consistent refinement (``pathoucc.cluster.refine``) on the same regions' counts.
 4. ``pathoucc segment RUN train.h5 EVAL.h5 --mask FOLDER``: the shared k-means (fitted on the training tiles)
    labels every patch; patches and the map are scored against each slide's ground-truth mask. The training slide's
    score is a training-data score; the held-out number is the TEST slide's (``--eval test``). ``--eval val``
@@ -80,10 +80,10 @@ def main() -> None:
     from make_digit_slide import make_blob_digit_slide
 
     from pathoucc.config import SegmentOptions, load_config
-    from pathoucc.refine import refine_run
+    from pathoucc.pipeline import refine_run
     from pathoucc.segment import segment_run
     from pathoucc.slides.tiler import tile_slides
-    from pathoucc.train import train_run
+    from pathoucc.training.train import train_ucc
 
     wall = time.perf_counter()
     timings, made = {}, {}
@@ -118,7 +118,7 @@ def main() -> None:
         if args.fresh and args.run.exists():
             shutil.rmtree(args.run)
         start = time.perf_counter()
-        train_run(cfg, args.run, resume=(args.run / "checkpoint.pt").exists(), progress=sys.stderr.isatty())
+        train_ucc(cfg, args.run, resume=(args.run / "checkpoint.pt").exists(), progress=sys.stderr.isatty())
         timings["train_ucc_s"] = time.perf_counter() - start
         if cfg.refine.steps:
             refine_run(args.run, progress=sys.stderr.isatty())

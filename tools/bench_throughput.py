@@ -32,7 +32,7 @@ from pathoucc.data.sources import load_pools  # noqa: E402
 from pathoucc.models import create_model  # noqa: E402
 from pathoucc.runtime import cpu_has_bf16  # noqa: E402
 from pathoucc.slides.tilefile import FORMAT_VERSION, open_tiles  # noqa: E402
-from pathoucc.train import Trainer  # noqa: E402
+from pathoucc.training.train import prepare_ucc, ucc_step  # noqa: E402
 
 REGION = 16  # patches per region
 COLOURS = np.array([[200, 80, 120], [90, 60, 170], [230, 200, 210], [120, 160, 90]], np.int16)
@@ -113,13 +113,15 @@ def train_rate(backbone: str, size: int, tiles_path: Path, streaming: bool, step
     run = work / f"run-{backbone}-{streaming}"
     run.mkdir(parents=True, exist_ok=True)
     (run / "metrics.jsonl").unlink(missing_ok=True)
-    trainer = Trainer(cfg, run, load_pools(cfg.data, ("train", "val")))
-    trainer.train_step()  # warm-up (allocations, first reads)
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
+    training = prepare_ucc(cfg, load_pools(cfg.data, ("train", "val")))
+    state = training.state
+    for step in range(steps + 1):
+        if step == 1:  # after a warm-up step (allocations, first reads)
+            start = time.perf_counter()
+        ucc_step(state, training.data[step], cfg)
+        state.step += 1
     elapsed = time.perf_counter() - start
-    instances = sum(len(trainer.sampler.sample(s, bags).instances) for s in range(1, steps + 1))
+    instances = sum(len(training.sampler.sample(s, bags).instances) for s in range(1, steps + 1))
     return instances / elapsed
 
 

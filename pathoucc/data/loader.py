@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 from pathoucc.data.augment import augment_images, reseed_augment
 from pathoucc.data.bags import BagBatch
 from pathoucc.errors import PathouccError
-from pathoucc.preempt import STOP_SIGNALS
+from pathoucc.runtime import STOP_SIGNALS
 
 __all__ = ["StepDataset", "batch_item", "step_loader", "to_model_input"]
 

@@ -11,9 +11,9 @@ import threading
 from collections.abc import Iterator
 from types import FrameType
 
-__all__ = ["STOP_SIGNALS", "StopRequest", "stop_requests"]
+from pathoucc.runtime import STOP_SIGNALS
 
-STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGUSR1", "SIGINT") if hasattr(signal, name))
+__all__ = ["StopRequest", "stop_requests"]
 
 
 class StopRequest:

@@ -11,11 +11,15 @@ DistributedDataParallel. Everything distributed is here; the training loop makes
 - Only rank 0 writes the run folder; metrics are averaged over the ranks at each log step; all ranks stop at the
   same step (a stop signal on any rank, or the time budget as measured by the slowest).
 - A checkpoint records the world size; resuming with another is an error.
+- The refinement (:mod:`pathoucc.cluster.refine`) runs through the same loop: each rank fine-tunes on its own
+  patches (seed ``seed + 1000 * rank``), DDP averages the gradients.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +30,7 @@ from torch import nn
 
 from pathoucc.errors import PathouccError
 
-__all__ = ["RANK_SEED_STRIDE", "World", "check_world_size", "is_main_process", "rank_seed", "world"]
+__all__ = ["RANK_SEED_STRIDE", "World", "check_world_size", "is_main_process", "joined", "rank_seed", "world"]
 
 RANK_SEED_STRIDE = 1000
 
@@ -89,6 +93,11 @@ class World:
         dist.all_reduce(t)
         return dict(zip(record, (t / self.size).tolist(), strict=True))
 
+    def barrier(self) -> None:
+        """Wait until every rank is here (e.g. until rank 0 has written a file the others read; no-op alone)."""
+        if self.active:
+            dist.barrier()
+
     def finish(self) -> None:
         if self.active and dist.is_initialized():
             dist.destroy_process_group()
@@ -105,6 +114,19 @@ def world(device_name: str = "auto") -> World:
         cuda = device_name != "cpu" and torch.cuda.is_available()
         dist.init_process_group("nccl" if cuda else "gloo")
     return w
+
+
+@contextlib.contextmanager
+def joined(device_name: str = "auto") -> Iterator[World]:
+    """This process's :class:`World` for the block; a process group this call joined is left at its end (one
+    joined by an enclosing block stays, so train -> refine -> evaluate share one)."""
+    created = int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized()
+    w = world(device_name)
+    try:
+        yield w
+    finally:
+        if created:
+            w.finish()
 
 
 def check_world_size(state: dict[str, Any], w: World, path: str | Path) -> None:

@@ -1,0 +1,55 @@
+"""The losses: the count likelihood of the UCC training (plus the autoencoder's reconstruction) and the
+refinement's pseudo-label cross-entropy.
+
+A bag's *count* is its number of distinct classes; the count classifier predicts its *count class*
+``target = count - bags.ucc_min`` (``0 .. num_ucc - 1``)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pathoucc.config import Config
+from pathoucc.models import UCCModel
+
+__all__ = ["pseudo_label_loss", "ucc_loss_terms", "ucc_nll"]
+
+
+def ucc_nll(logits: torch.Tensor, target: torch.Tensor, upper: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-bag negative log-likelihood ``(B,)`` of the count classes ``target`` ``(B,)`` under ``logits``
+    ``(B, num_ucc)``; where ``upper`` ``(B,)`` is True the target is an upper bound and the likelihood is
+    ``P(count class <= target)`` (a subset of a count-only region)."""
+    log_p = logits.float().log_softmax(1)
+    exact = -log_p.gather(1, target[:, None])[:, 0]
+    if upper is None or not bool(upper.any()):
+        return exact
+    allowed = torch.arange(logits.shape[1], device=logits.device) <= target[:, None]
+    bound = -log_p.masked_fill(~allowed, float("-inf")).logsumexp(1)
+    return torch.where(upper, bound, exact)
+
+
+def ucc_loss_terms(model: UCCModel, x: torch.Tensor, members: torch.Tensor, mask: torch.Tensor,
+                   target: torch.Tensor, cfg: Config, upper: torch.Tensor | None = None,
+                   ) -> dict[str, torch.Tensor]:
+    """Forward pass and the weighted loss: instances ``x`` ``(M, C, H, W)``, bags ``members``/``mask``
+    ``(B, N)`` (see :class:`~pathoucc.data.bags.BagBatch`), count classes ``target`` ``(B,)``, ``upper`` ``(B,)``
+    True where the target is an upper bound. Returns scalar tensors ``loss`` (what is minimised), ``ucc_loss``,
+    ``ucc_acc`` (the predicted class is the target, or at most the target for upper bounds) and, with a decoder
+    and ``loss.ae_weight`` > 0, ``recon_loss``."""
+    out = model(x, members, mask, chunk=cfg.train.encoder_chunk)
+    terms = {"ucc_loss": ucc_nll(out["logits"], target, upper).mean()}
+    pred = out["logits"].argmax(1)
+    hit = pred == target if upper is None else torch.where(upper, pred <= target, pred == target)
+    terms["ucc_acc"] = hit.float().mean()
+    loss = cfg.loss.ucc_weight * terms["ucc_loss"]
+    if "recon" in out and cfg.loss.ae_weight > 0:
+        terms["recon_loss"] = F.mse_loss(out["recon"].float(), x)
+        loss = loss + cfg.loss.ae_weight * terms["recon_loss"]
+    terms["loss"] = loss
+    return terms
+
+
+def pseudo_label_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The refinement's loss: mean cross-entropy (in fp32) of cluster ``logits`` ``(n, k)`` against the
+    count-consistent pseudo-labels ``target`` ``(n,)``."""
+    return F.cross_entropy(logits.float(), target)
