@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from pathoucc.config import Compression, SegmentOptions, Split, TileOptions, load_config, validate_options
 from pathoucc.config import Device as DeviceChoice
 from pathoucc.errors import PathouccError, TrainingInterrupted, one_line
 from pathoucc.files import write_json
 from pathoucc.slides.tiler import tile_slides
+from pathoucc.tables import print_refined, print_scores, print_segment_scores, run_name
 
 # The commands that need torch and scikit-learn import their stage on use (a few seconds): `pathoucc tile` and
 # `--help` need neither. The CLI sits on top of the package, so these imports cannot form a cycle.
@@ -61,7 +60,7 @@ def train(
     cfg = load_config(config, set_ or [])
     report = train_run(cfg, out or Path("runs") / config.stem, resume=resume, progress=sys.stderr.isatty())
     if report.refine is not None:
-        _print_refined(report.refine, report.run_dir)
+        print_refined(report.refine, report.run_dir)
     if report.scores is not None:  # under torchrun only rank 0 scores the run
         print_scores({f"{cfg.name} ({report.scores['split']})": report.scores})
 
@@ -81,14 +80,7 @@ def refine(
 
     summary = refine_run(run, overrides=set_ or [], device=device, progress=sys.stderr.isatty())
     if is_main_process():  # under torchrun rank 0 reports for the job
-        _print_refined(summary, run)
-
-
-def _print_refined(summary: dict[str, Any], run: Path) -> None:
-    last = summary["rounds"][-1]
-    typer.echo(f"refined: {len(summary['rounds'])} round(s) of {summary['steps']} steps on count-consistent "
-               f"pseudo-labels ({last['changed_by_counts']:.1%} changed by the counts in the last round) -> "
-               f"{run / 'model.pt'} (the UCC model: model-ucc.pt)")
+        print_refined(summary, run)
 
 
 @app.command()
@@ -101,7 +93,7 @@ def evaluate(
     from pathoucc.cluster import evaluate_run
 
     result = evaluate_run(run, split=split, device=device)
-    print_scores({f"{_run_name(run)} ({result['split']})": result})
+    print_scores({f"{run_name(run)} ({result['split']})": result})
 
 
 @app.command()
@@ -196,7 +188,7 @@ def cluster(
     """Fit the run's shared k-means on its training data: <run>/kmeans-k<K>.npz, used by `pathoucc segment`."""
     from pathoucc.cluster import cluster_run
 
-    options = validate_options(SegmentOptions, dict(k=k, batch_size=batch_size, device=device.value, amp=amp))
+    options = validate_options(SegmentOptions, dict(k=k, batch_size=batch_size, device=device, amp=amp))
     cm, path = cluster_run(run, k=options.k, tile_paths=tiles or None, batch_size=options.batch_size,
                            device=options.device, progress=sys.stderr.isatty(), amp=options.amp)
     typer.echo(f"k-means with k={cm.k} on {cm.num_features} features -> {path}")
@@ -218,7 +210,7 @@ def segment(
     """Cluster every patch of each slide with the run's shared k-means: maps, overlays, CSV/HDF5, GeoJSON, scores."""
     from pathoucc.segment import segment_run
 
-    options = validate_options(SegmentOptions, dict(k=k, mask=mask, batch_size=batch_size, device=device.value,
+    options = validate_options(SegmentOptions, dict(k=k, mask=mask, batch_size=batch_size, device=device,
                                                     amp=amp))
     report = segment_run(run, tiles, out=out, options=options, progress=sys.stderr.isatty(), slide_dir=slides)
     if report.fitted:
@@ -228,56 +220,6 @@ def segment(
                    f"{seg.extra['folder']}")
     if any(s.scores for s in report.slides):
         print_segment_scores([s.scores for s in report.slides if s.scores])
-
-
-def _run_name(run: Path) -> str:
-    """The run's config name (from its ``config.yaml``), else the folder's name."""
-    from pathoucc.run import CONFIG
-
-    return load_config(run / CONFIG).name if (run / CONFIG).is_file() else run.name
-
-
-def print_scores(rows: dict[str, dict[str, Any]]) -> None:
-    """A rich table of clustering scores, one row per run (or baseline): "-" where the split has no labels;
-    then per row what needs none (agreement with region counts, the count accuracy training logged)."""
-
-    def number(value: float | None) -> str:
-        return "-" if value is None else f"{value:.4f}"
-
-    table = Table(title="clustering")
-    for col in ("run", "accuracy", "NMI", "ARI", "k", "labelled/all"):
-        table.add_column(col, justify="left" if col == "run" else "right")
-    for name, result in rows.items():
-        table.add_row(name, number(result.get("accuracy")), number(result.get("nmi")), number(result.get("ari")),
-                      str(result["k"]), f"{result['num_labelled']}/{result['num_instances']}")
-    Console().print(table)
-    for name, result in rows.items():
-        counts, val = result.get("count_consistency"), result.get("val_ucc_accuracy")
-        notes = ([f"clusters match the count in {counts['exact']:.0%} of {counts['regions']} regions (mean "
-                  f"|clusters - count| {counts['mean_abs_error']:.2f})"] if counts else []) + (
-                 [f"validation count accuracy {val:.4f}"] if val is not None else [])
-        if notes:
-            typer.echo(f"{name}: {'; '.join(notes)}")
-
-
-def print_segment_scores(rows: list[dict[str, Any]]) -> None:
-    """A rich table: one row per slide, then its per-class Dice/IoU."""
-    table = Table(title="segmentation")
-    for col in ("slide", "k", "patches", "ACC", "NMI", "ARI", "map ACC", "Dice", "IoU"):
-        table.add_column(col, justify="left" if col == "slide" else "right")
-    for r in rows:
-        p, m = r["patches"], r["map"]
-        table.add_row(r["slide"], str(r["k"]), str(p["num_patches"]), f"{p['accuracy']:.4f}", f"{p['nmi']:.4f}",
-                      f"{p['ari']:.4f}", f"{m['accuracy']:.4f}", f"{m['mean_dice']:.4f}", f"{m['mean_iou']:.4f}")
-    per = Table(title="per class (map, after matching)")
-    for col in ("slide", "class", "cells", "Dice", "IoU"):
-        per.add_column(col, justify="left" if col in ("slide", "class") else "right")
-    for r in rows:
-        for name, v in r["map"]["per_class"].items():
-            per.add_row(r["slide"], name, str(v["cells"]), f"{v['dice']:.4f}", f"{v['iou']:.4f}")
-    console = Console()
-    console.print(table)
-    console.print(per)
 
 
 def main() -> None:
