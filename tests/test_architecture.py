@@ -1,16 +1,22 @@
-"""The package's shape: imports run one way (no cycle, counting imports inside functions too), small modules,
-and a public API in ``pathoucc/__init__.py``."""
+"""The package's shape as docs/architecture.md promises it: imports run one way along the pipeline's stages (an
+import from a later stage into an earlier one fails), no cycle (counting imports inside functions too), small
+modules, and a public API in ``pathoucc/__init__.py`` that loads no torch."""
 
 from __future__ import annotations
 
 import ast
 import importlib
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parents[1] / "pathoucc"
-MAX_LINES = 400
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "pathoucc"
+DOC = ROOT / "docs" / "architecture.md"
+MAX_LINES = 300
 
 
 def _module_name(path: Path) -> str:
@@ -22,11 +28,11 @@ def _modules() -> dict[str, Path]:
     return {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
-def _imports(path: Path, name: str, known: set[str]) -> set[str]:
-    """Every pathoucc module that ``path`` imports, at module level or inside a function."""
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+def _imports(source: str, name: str, is_package: bool, known: set[str]) -> set[str]:
+    """Every pathoucc module that ``source`` (module ``name``) imports, at module level or inside a function."""
+    package = name if is_package else name.rpartition(".")[0]
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Import):
             targets = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -47,7 +53,51 @@ def _imports(path: Path, name: str, known: set[str]) -> set[str]:
 
 def _graph() -> dict[str, set[str]]:
     modules = _modules()
-    return {name: _imports(path, name, set(modules)) for name, path in modules.items()}
+    return {name: _imports(path.read_text(), name, path.name == "__init__.py", set(modules))
+            for name, path in modules.items()}
+
+
+def doc_stages() -> dict[str, int]:
+    """``{top-level module or package: stage number}`` from the tree in docs/architecture.md (``├── data/  2 ...``)."""
+    stages = {}
+    for line in DOC.read_text().splitlines():
+        match = re.match(r"^[├└]── (\w+)(?:\.py|/)\s+(\d)\s", line)
+        if match:
+            stages[f"pathoucc.{match.group(1)}"] = int(match.group(2))
+    return stages
+
+
+def stage_of(module: str, stages: dict[str, int]) -> int:
+    """The stage of a module: that of its top-level module or package (``pathoucc`` itself: 0)."""
+    top = ".".join(module.split(".")[:2])
+    return 0 if top == "pathoucc" else stages[top]
+
+
+def order_violations(graph: dict[str, set[str]], stages: dict[str, int]) -> list[str]:
+    return sorted(f"{a} (stage {stage_of(a, stages)}) imports {b} (stage {stage_of(b, stages)})"
+                  for a, targets in graph.items() for b in targets if stage_of(b, stages) > stage_of(a, stages))
+
+
+def test_the_doc_names_every_top_level_module() -> None:
+    stages = doc_stages()
+    tops = {".".join(name.split(".")[:2]) for name in _modules()} - {"pathoucc"}
+    assert tops == set(stages), f"in the package, not the doc: {tops - set(stages)}; " \
+                                f"in the doc, not the package: {set(stages) - tops}"
+
+
+def test_imports_follow_the_stage_order() -> None:
+    assert order_violations(_graph(), doc_stages()) == []
+
+
+def test_an_import_against_the_order_is_caught() -> None:
+    stages = doc_stages()
+    graph = _graph()
+    known = set(_modules())
+    # a slides module (stage 1) that imports the segmentation stage (6) must fail the check
+    graph["pathoucc.slides.tiler"] |= _imports("from pathoucc.segment import segment_run", "pathoucc.slides.tiler",
+                                               False, known)
+    assert any(v.startswith("pathoucc.slides.tiler (stage 1) imports pathoucc.segment")
+               for v in order_violations(graph, stages))
 
 
 def test_no_import_cycle() -> None:
@@ -71,7 +121,7 @@ def test_no_import_cycle() -> None:
 
 def test_the_graph_sees_imports_inside_functions() -> None:
     graph = _graph()
-    assert "pathoucc.cluster" in graph["pathoucc.cli"]  # imported inside the `evaluate` command
+    assert "pathoucc.pipeline" in graph["pathoucc.cli"]  # imported inside the `train` command
     assert "pathoucc.files" in graph["pathoucc.config"]
 
 
@@ -79,6 +129,12 @@ def test_the_graph_sees_imports_inside_functions() -> None:
 def test_modules_are_small(name: str) -> None:
     lines = len(_modules()[name].read_text().splitlines())
     assert lines <= MAX_LINES, f"{name} has {lines} lines (at most {MAX_LINES})"
+
+
+def test_import_loads_no_torch() -> None:
+    code = "import sys, pathoucc; pathoucc.load_config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "False"
 
 
 def test_public_api() -> None:
