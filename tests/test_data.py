@@ -127,12 +127,12 @@ def test_bag_sampler_validates() -> None:
 
 
 def test_region_sampler_uses_the_regions_and_counts_the_skipped() -> None:
-    bag_index = np.array([0, 0, 0, 1, 1, 2, 2, 2, -1])
-    bag_ucc = np.array([1, 2, 5])  # region 2 is outside [1, 4] and never used
-    sampler = RegionBagSampler(bag_index, bag_ucc, bag_size=4, ucc_min=1, ucc_max=4, seed=0)
+    region = np.array([0, 0, 0, 1, 1, 2, 2, 2, -1])
+    region_count = np.array([1, 2, 5])  # region 2 is outside [1, 4] and never used
+    sampler = RegionBagSampler(region, region_count, bag_size=4, ucc_min=1, ucc_max=4, seed=0)
     batch = sampler.sample(0, 20)
     for bag, u in zip(_bags(batch), batch.ucc, strict=True):
-        assert set(bag_index[bag]) == {0 if u == 1 else 1}
+        assert set(region[bag]) == {0 if u == 1 else 1}
     assert set(batch.ucc) == {1, 2}
     assert sampler.skipped == {"below ucc_min": 0, "above ucc_max": 1, "empty": 0}
 
@@ -144,8 +144,8 @@ def test_region_sampler_refuses_a_range_no_region_is_in() -> None:
 
 def test_region_bags_are_whole_regions_of_any_size() -> None:
     """Count-only regions (no patch labels) are whole bags, padded and masked: 3 and 1 000 members."""
-    bag_index = np.concatenate([np.zeros(3, np.int64), np.ones(1000, np.int64)])
-    sampler = RegionBagSampler(bag_index, np.array([3, 2]), bag_size=4, ucc_min=1, ucc_max=4, seed=1)
+    region = np.concatenate([np.zeros(3, np.int64), np.ones(1000, np.int64)])
+    sampler = RegionBagSampler(region, np.array([3, 2]), bag_size=4, ucc_min=1, ucc_max=4, seed=1)
     batch = sampler.sample(0, 6)
     assert batch.members.shape == (6, 1000)
     for bag, u in zip(_bags(batch), batch.ucc, strict=True):
@@ -168,8 +168,8 @@ def test_subset_of_a_labelled_region_has_its_own_count() -> None:
 
 
 def test_instances_per_batch_caps_region_steps() -> None:
-    bag_index = np.repeat(np.arange(10), 50)
-    sampler = RegionBagSampler(bag_index, np.ones(10, np.int64), bag_size=4, seed=0, instances_per_batch=120)
+    region = np.repeat(np.arange(10), 50)
+    sampler = RegionBagSampler(region, np.ones(10, np.int64), bag_size=4, seed=0, instances_per_batch=120)
     batch = sampler.sample(0, 8)
     assert len(batch.ucc) == 2 and len(batch.instances) == 100
 
@@ -239,13 +239,13 @@ def test_pools_and_patch_files_implement_the_protocol(tmp_path: Path) -> None:
     images = np.arange(6 * 4 * 4 * 3, dtype=np.uint8).reshape(6, 4, 4, 3)
     memory = InstancePool(images, np.array([0, 1, -1, 1, 0, 2]), np.array([0, 0, 1, 1, -1, 1]), np.array([2, 1]))
     path = _tile_file(tmp_path / "t.h5", images)
-    stream = StreamingPool([path], [6], 4, memory.labels, memory.bag_index, memory.bag_ucc)
+    stream = StreamingPool([path], [6], 4, memory.labels, memory.region, memory.region_count)
     for pool in (memory, stream):
         assert isinstance(pool, Pool) and isinstance(pool, Instances)
         assert len(pool) == 6 and pool.shape == (3, 4, 4) and pool.num_classes == 3
         np.testing.assert_array_equal(pool.read(np.array([5, 0, 5])), images[[5, 0, 5]])
-        part = pool.subset(pool.bag_index >= 0, np.array([0, 0, 1, 1, 1]), np.array([2, 1]))
-        assert len(part) == 5 and list(part.bag_ucc) == [2, 1]
+        part = pool.subset(pool.region >= 0, np.array([0, 0, 1, 1, 1]), np.array([2, 1]))
+        assert len(part) == 5 and list(part.region_count) == [2, 1]
         np.testing.assert_array_equal(part.read(np.array([4, 3])), images[[5, 3]])
     with open_tiles(path) as tiles:  # a tile file reads like a pool; it has no bags, so it is not one
         assert isinstance(tiles, Instances) and not isinstance(tiles, Pool)

@@ -47,4 +47,4 @@ def test_blob_slide_regions_have_the_ucc_of_their_patches(tmp_path):
     assert tiles.num_patches == len(rows) and (labels >= 0).all()
     assert tiles.num_regions == len(features) and (tiles.region >= 0).sum() == seen.sum()
     for r in range(tiles.num_regions):
-        assert tiles.region_ucc[r] == len(np.unique(labels[tiles.region == r]))
+        assert tiles.region_count[r] == len(np.unique(labels[tiles.region == r]))

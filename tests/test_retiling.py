@@ -50,7 +50,7 @@ def test_tiles_record_their_inputs_and_are_replaced_when_they_change(digit_slide
     geojson.write_text(region(3))
     report = again()
     assert report.written == [path] and report.retiled == [(path, "the annotation file changed (regions.geojson)")]
-    assert open_tiles(path).region_ucc.tolist() == [3]
+    assert open_tiles(path).region_count.tolist() == [3]
     report = again(tissue_threshold=0.9, region_size=1024)
     assert report.retiled == [(path, "region_size 512 -> 1024; tissue_threshold 0.5 -> 0.9")]
     report = tile_slides([slide], out, tissue_threshold=0.9, region_size=1024, **OPTIONS)

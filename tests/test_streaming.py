@@ -68,8 +68,8 @@ def test_streaming_pool_trains_exactly_as_the_in_memory_pool(labelled_tiles: Pat
         assert isinstance(a, InstancePool) and isinstance(b, StreamingPool) and len(a) == len(b)
         np.testing.assert_array_equal(a.labels, b.labels)
         if split != "test":
-            np.testing.assert_array_equal(a.bag_index, b.bag_index)
-            np.testing.assert_array_equal(a.bag_ucc, b.bag_ucc)
+            np.testing.assert_array_equal(a.region, b.region)
+            np.testing.assert_array_equal(a.region_count, b.region_count)
         index = np.random.default_rng(0).integers(0, len(a), 40)  # any order, repeats, both files
         np.testing.assert_array_equal(a.read(index), b.read(index))
     runs = {s: _train(_config(files, s, workers=2 if s else 0), tmp_path / f"run-{s}") for s in (False, True)}

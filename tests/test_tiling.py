@@ -69,7 +69,7 @@ def test_labels_and_region_counts_match_the_generator(tiled, digit_slide):
     assert (truth >= 0).all()
     np.testing.assert_array_equal(tiles.labels, truth)
     generated = sorted((r["x"], r["y"], r["width"], r["height"], r["ucc"]) for r in digit_slide["regions"])
-    found = sorted((*map(int, box), int(u)) for box, u in zip(tiles.region_boxes, tiles.region_ucc, strict=True))
+    found = sorted((*map(int, box), int(u)) for box, u in zip(tiles.region_boxes, tiles.region_count, strict=True))
     assert found == generated
     assert len(found) == (GRID[0] // REGION_CELLS) * (GRID[1] // REGION_CELLS)
     assert len({r["ucc"] for r in digit_slide["regions"]}) > 1  # the test slide has regions of different counts
@@ -100,7 +100,7 @@ def test_geojson_annotations_give_the_same_labels(digit_slide, tiled, tmp_path):
     assert tiles.class_names == names
     np.testing.assert_array_equal(tiles.coords, reference.coords)
     np.testing.assert_array_equal(tiles.labels, reference.labels)
-    np.testing.assert_array_equal(tiles.region_ucc, reference.region_ucc)
+    np.testing.assert_array_equal(tiles.region_count, reference.region_count)
     with pytest.raises(PathouccError, match="'digit 9' is not one of") as err:  # slide seed 3 has 9s
         tile_slide(digit_slide["slide"], tmp_path / "out2", patch_size=CELL, level=0, annotations=geojson,
                    classes=names[:9])
@@ -113,7 +113,7 @@ def test_regions_csv_gives_bags_without_patch_labels(digit_slide, tmp_path):
     assert (tiles.labels == -1).all() and tiles.class_names is None
     rows = digit_slide["regions"]
     np.testing.assert_array_equal(tiles.region_boxes, [[r["x"], r["y"], r["width"], r["height"]] for r in rows])
-    np.testing.assert_array_equal(tiles.region_ucc, [r["ucc"] for r in rows])
+    np.testing.assert_array_equal(tiles.region_count, [r["ucc"] for r in rows])
     assert (np.bincount(tiles.region) == REGION_CELLS**2).all()
 
 
@@ -128,7 +128,7 @@ def test_coarser_level_and_resized_grid(digit_slide, tmp_path):
     assert (tiles.coords % 64 == 0).all()
     x, y = tiles.coords[3] // 2
     np.testing.assert_array_equal(tiles.read(3)[0], level1[y:y + 32, x:x + 32])
-    assert tiles.num_regions == 4 and (tiles.region_ucc >= 1).all()
+    assert tiles.num_regions == 4 and (tiles.region_count >= 1).all()
     # downsample 3 is between levels 1 and 2: level 1 resized by 1.5; 32-px patches cover 96 level-0 px
     path = tile_slide(digit_slide["slide"], tmp_path / "d3", patch_size=32, downsample=3, tissue_threshold=0.9)
     tiles = open_tiles(path)

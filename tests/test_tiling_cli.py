@@ -24,7 +24,7 @@ def test_cli_tiles_the_digit_slide_with_its_mask(digit_slide, tmp_path):
     tiles = open_tiles(out / "digits.h5")
     assert tiles.num_patches == GRID[0] * GRID[1] and tiles.num_regions == 4
     assert (np.bincount(tiles.region) == 64).all()
-    assert sorted(tiles.region_ucc.tolist()) == sorted(r["ucc"] for r in digit_slide["regions"])
+    assert sorted(tiles.region_count.tolist()) == sorted(r["ucc"] for r in digit_slide["regions"])
     again = run(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--level", 0, "--mask", digit_slide["mask"],
                 "--region-size", 256)
     assert again.returncode == 0 and "skipped 1" in again.stdout

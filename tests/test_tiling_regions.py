@@ -51,7 +51,7 @@ def test_cli_count_only_regions_become_bags(digit_slide, tmp_path):
     assert warnings[2].endswith("2 of 6 regions skipped, 4 give bags")
     tiles = open_tiles(out / "digits.h5")
     assert tiles.num_patches == 256 and tiles.class_names == ["a", "b", "c"] and (tiles.labels == -1).all()
-    assert tiles.region_ucc.tolist() == [2, 3, 2, 1]  # the features' counts, for the regions with tissue
+    assert tiles.region_count.tolist() == [2, 3, 2, 1]  # the features' counts, for the regions with tissue
     centres = tiles.coords + CELL / 2
     expected = np.full(tiles.num_patches, -1)
     for r, k in enumerate([0, 1, 2, 5]):
@@ -123,7 +123,7 @@ def test_region_with_fewer_patches_than_its_count_is_a_counted_skip(digit_slide,
         "cannot show more classes than it has patches); skipped",
         "warning: digits.tif: digits.geojson: 1 of 2 regions skipped, 1 give bags"]
     tiles = open_tiles(tmp_path / "tiles" / "digits.h5")
-    assert tiles.region_ucc.tolist() == [2] and (tiles.region == 0).sum() == 48
+    assert tiles.region_count.tolist() == [2] and (tiles.region == 0).sum() == 48
 
 
 def test_integer_classes_index_the_run_classes(digit_slide, tmp_path):
@@ -131,7 +131,7 @@ def test_integer_classes_index_the_run_classes(digit_slide, tmp_path):
     proc = run(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
                "--geojson", geojson, "--classes", "a,b,c")
     assert proc.returncode == 0, proc.stderr
-    assert open_tiles(tmp_path / "tiles" / "digits.h5").region_ucc.tolist() == [2]
+    assert open_tiles(tmp_path / "tiles" / "digits.h5").region_count.tolist() == [2]
     mixed = write(tmp_path, [feature([square(256, 256, 512, 512)], classes=[0, "b"], name="m")], "mixed.geojson")
     proc = run(digit_slide["slide"], "--out", tmp_path / "bad", "--patch-size", CELL, "--level", 0,
                "--geojson", mixed, "--classes", "a,b,c")
@@ -157,7 +157,7 @@ def test_geojson_folder_and_several_slides(digit_slide, tmp_path):
     proc = run(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
                "--geojson", folder)
     assert proc.returncode == 0, proc.stderr
-    assert open_tiles(tmp_path / "tiles" / "digits.h5").region_ucc.tolist() == [2]
+    assert open_tiles(tmp_path / "tiles" / "digits.h5").region_count.tolist() == [2]
 
 
 def test_dense_windows_hold_only_labelled_patches(digit_slide, tmp_path):
@@ -172,7 +172,7 @@ def test_dense_windows_hold_only_labelled_patches(digit_slide, tmp_path):
     assert unknown.sum() == 15 and (tiles.region[unknown] == -1).all()
     assert (tiles.region[~unknown] >= 0).all()
     for r in range(tiles.num_regions):
-        assert tiles.region_ucc[r] == len(np.unique(tiles.labels[tiles.region == r]))
+        assert tiles.region_count[r] == len(np.unique(tiles.labels[tiles.region == r]))
     assert np.bincount(tiles.region[tiles.region >= 0]).tolist() == [64 - 15, 64, 64, 64]
 
 
@@ -191,4 +191,4 @@ def test_csv_box_and_geojson_polygon_give_the_same_bag(digit_slide, tmp_path):
     centres = by_csv.coords + 24
     inside = (centres[:, 0] > 300) & (centres[:, 0] < 500) & (centres[:, 1] > 300) & (centres[:, 1] < 450)
     np.testing.assert_array_equal(by_csv.region, np.where(inside, 0, -1))
-    assert by_csv.region_ucc.tolist() == [2] and inside.sum() == 12  # 4 x 3 centres; 3 x 2 lie wholly inside
+    assert by_csv.region_count.tolist() == [2] and inside.sum() == 12  # 4 x 3 centres; 3 x 2 lie wholly inside

@@ -34,13 +34,13 @@ def test_tile_pools_keep_regions_and_hold_out_whole_regions(tiles: dict[str, Pat
     pools = load_pools(cfg)
     train, val, test = pools["train"], pools["val"], pools["test"]
     assert train.shape == (3, CELL, CELL)
-    n_regions = len(train.bag_ucc) + len(val.bag_ucc)
-    assert len(val.bag_ucc) == round(n_regions * 0.25)
+    n_regions = len(train.region_count) + len(val.region_count)
+    assert len(val.region_count) == round(n_regions * 0.25)
     assert len(train) + len(val) == len(test) == 2 * 256  # the file twice: every region of each copy once
     for pool in (train, val):
-        for r, u in enumerate(pool.bag_ucc):  # each region's count is the number of classes among its patches
-            assert len(np.unique(pool.labels[pool.bag_index == r])) == u
-    assert (test.labels >= 0).all() and test.bag_index is not None
+        for r, u in enumerate(pool.region_count):  # each region's count is the number of classes among its patches
+            assert len(np.unique(pool.labels[pool.region == r])) == u
+    assert (test.labels >= 0).all() and test.region is not None
 
 
 def test_train_on_tiles_with_timm_and_augmentations(tiles: dict[str, Path], tmp_path: Path) -> None:

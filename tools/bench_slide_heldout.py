@@ -48,7 +48,7 @@ def region_stats(tiles_path: Path) -> dict:
 
     with open_tiles(tiles_path) as tiles:
         sizes = np.bincount(tiles.region[tiles.region >= 0], minlength=tiles.num_regions)
-        ucc = np.asarray(tiles.region_ucc)
+        ucc = np.asarray(tiles.region_count)
         return {"patches": int(tiles.num_patches), "patches_in_regions": int(sizes.sum()),
                 "regions": int(tiles.num_regions),
                 "patches_per_region": {"min": int(sizes.min()), "median": float(np.median(sizes)),

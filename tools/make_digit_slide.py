@@ -82,7 +82,7 @@ def make_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 64), 
 
     # class of every cell, region by region; then one random training image of that class per cell
     classes = np.zeros((rows, cols), np.int64)
-    region_ucc = np.zeros((rows // region_cells, cols // region_cells), np.int64)
+    region_count = np.zeros((rows // region_cells, cols // region_cells), np.int64)
     for rr in range(rows // region_cells):
         for rc in range(cols // region_cells):
             k = int(rng.integers(lo, hi + 1))
@@ -91,7 +91,7 @@ def make_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 64), 
             rng.shuffle(cells)
             classes[rr * region_cells:(rr + 1) * region_cells, rc * region_cells:(rc + 1) * region_cells] = \
                 cells.reshape(region_cells, region_cells)
-            region_ucc[rr, rc] = k
+            region_count[rr, rc] = k
     by_class = [np.flatnonzero(digit_labels == c) for c in range(10)]
     picks = np.empty((rows, cols), np.int64)
     for c in range(10):
@@ -105,9 +105,9 @@ def make_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 64), 
         writer = csv.writer(f)
         writer.writerow(["slide", "x", "y", "width", "height", "ucc"])
         side = region_cells * cell
-        for rr, rc in np.ndindex(*region_ucc.shape):
+        for rr, rc in np.ndindex(*region_count.shape):
             writer.writerow([out_path.name, (margin + rc * region_cells) * cell, (margin + rr * region_cells) * cell,
-                             side, side, int(region_ucc[rr, rc])])
+                             side, side, int(region_count[rr, rc])])
     return out_path, mask_path
 
 

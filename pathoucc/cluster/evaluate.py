@@ -83,8 +83,8 @@ def score_split(features: np.ndarray, pool: Pool, cfg: Config, split: str, metho
                           "cluster_sizes": cluster_sizes(fit.clusters, k)}
     if known.any():
         result |= clustering_scores(labels[known], fit.clusters[known])
-    if pool.bag_index is not None and pool.bag_ucc is not None:
-        consistency = count_consistency(fit.clusters, pool.bag_index, pool.bag_ucc, k)
+    if pool.region is not None and pool.region_count is not None:
+        consistency = count_consistency(fit.clusters, pool.region, pool.region_count, k)
         if consistency is not None:
             result["count_consistency"] = consistency
     return result

@@ -73,13 +73,13 @@ class CountConsistency(TypedDict):
     min_share: float
 
 
-def count_consistency(clusters: np.ndarray, region: np.ndarray, region_ucc: np.ndarray, k: int,
+def count_consistency(clusters: np.ndarray, region: np.ndarray, region_count: np.ndarray, k: int,
                       min_share: float = COUNT_SHARE) -> CountConsistency | None:
-    """Agreement of ``clusters`` (N,) with the counts ``region_ucc`` (R,) of the regions ``region`` (N,) (-1 =
+    """Agreement of ``clusters`` (N,) with the counts ``region_count`` (R,) of the regions ``region`` (N,) (-1 =
     in none); None when no region holds a patch."""
     region, clusters = np.asarray(region, np.int64), np.asarray(clusters, np.int64)
     inside = region >= 0
-    ucc = np.asarray(region_ucc, np.int64)
+    ucc = np.asarray(region_count, np.int64)
     table = np.bincount(region[inside] * k + clusters[inside], minlength=len(ucc) * k).reshape(len(ucc), k)
     sizes = table.sum(1)
     present = sizes > 0

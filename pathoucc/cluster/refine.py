@@ -160,7 +160,7 @@ def refine_model(model: UCCModel, cfg: Config, pool: InstancePool | StreamingPoo
                  checkpoint: str | Path | None = None, resume: dict[str, Any] | None = None,
                  world: World | None = None) -> dict[str, Any]:
     """Fine-tune ``model`` in place for ``cfg.refine.rounds`` rounds of ``cfg.refine.steps`` steps on
-    count-consistent pseudo-labels of ``pool``'s region patches (``pool.bag_index`` / ``pool.bag_ucc``).
+    count-consistent pseudo-labels of ``pool``'s region patches (``pool.region`` / ``pool.region_count``).
 
     Logs one JSON line per ``train.log_every`` steps to ``log_path``, saves the state to ``checkpoint`` every
     ``train.checkpoint_every`` steps, at each round's end and on a stop signal; ``resume`` (such a checkpoint,
@@ -168,11 +168,11 @@ def refine_model(model: UCCModel, cfg: Config, pool: InstancePool | StreamingPoo
     labelled, share changed by the counts, final loss, seconds; and, where ``pool.labels`` are known, the accuracy
     of k-means and of the pseudo-labels against them). Deterministic for a given ``cfg.seed`` on one machine.
     """
-    if pool.bag_index is None or pool.bag_ucc is None:
+    if pool.region is None or pool.region_count is None:
         raise PathouccError("refine needs count-labelled regions (tile files with regions/ucc)")
     world, device = world or World(), torch.device(device)
     log_path, checkpoint = (None if p is None else Path(p) for p in (log_path, checkpoint))
-    index = np.flatnonzero(pool.bag_index >= 0)
+    index = np.flatnonzero(pool.region >= 0)
     if len(index) < k:
         raise PathouccError(f"refine: only {len(index)} patches in count-labelled regions for k={k} clusters")
     augment = build_augment(cfg.data.augment, cfg.seed)
@@ -194,7 +194,7 @@ def refine_model(model: UCCModel, cfg: Config, pool: InstancePool | StreamingPoo
         else:
             model.eval()
             distances = _cluster(model, pool, cfg, k, index, device)
-            labels = count_consistent_labels(distances, pool.bag_index[index], pool.bag_ucc)
+            labels = count_consistent_labels(distances, pool.region[index], pool.region_count)
             nearest = distances.argmin(1)
             summary = {"round": rnd + 1, "patches": len(index), "changed_by_counts": float(np.mean(labels != nearest))}
             if known.any():

@@ -172,9 +172,9 @@ class RegionBagSampler:
 
     Parameters
     ----------
-    bag_index : (N,) int array
+    region : (N,) int array
         Region of every instance (-1: in no region).
-    bag_ucc : (R,) int array
+    region_count : (R,) int array
         Unique class count of every region.
     labels : (N,) int array or None
         Instance classes (-1 unknown), used only to count the classes of a subset.
@@ -182,18 +182,18 @@ class RegionBagSampler:
         Extra subset bags per region.
     """
 
-    def __init__(self, bag_index: np.ndarray, bag_ucc: np.ndarray, bag_size: int, ucc_min: int = 1,
+    def __init__(self, region: np.ndarray, region_count: np.ndarray, bag_size: int, ucc_min: int = 1,
                  ucc_max: int = 4, seed: int = 0, labels: np.ndarray | None = None,
                  instances_per_batch: int | None = None, subsets: int = 0) -> None:
-        bag_index, bag_ucc = np.asarray(bag_index), np.asarray(bag_ucc)
+        region, region_count = np.asarray(region), np.asarray(region_count)
         self.bag_size, self.ucc_min, self.ucc_max, self.seed = bag_size, ucc_min, ucc_max, seed
         self.instances_per_batch, self.subsets = instances_per_batch, subsets
         self.labels = None if labels is None else np.asarray(labels)
-        order = np.argsort(bag_index, kind="stable")
-        bounds = np.searchsorted(bag_index[order], np.arange(len(bag_ucc) + 1))
+        order = np.argsort(region, kind="stable")
+        bounds = np.searchsorted(region[order], np.arange(len(region_count) + 1))
         self._regions: dict[int, list[np.ndarray]] = {}
         self.skipped = {"below ucc_min": 0, "above ucc_max": 0, "empty": 0}
-        for r, u in enumerate(bag_ucc):
+        for r, u in enumerate(region_count):
             members = order[bounds[r] : bounds[r + 1]]
             if not len(members):
                 self.skipped["empty"] += 1
@@ -204,7 +204,7 @@ class RegionBagSampler:
             else:
                 self._regions.setdefault(int(u), []).append(members)
         if not self._regions:
-            found = sorted({int(u) for u in bag_ucc})
+            found = sorted({int(u) for u in region_count})
             raise ValueError(f"no region has a ucc in [bags.ucc_min, bags.ucc_max] = [{ucc_min}, {ucc_max}] "
                              f"(the regions' counts are {found})")
         if any(self.skipped.values()):
@@ -271,8 +271,8 @@ def create_bag_sampler(pool, bag_size: int, ucc_min: int, ucc_max: int, seed: in
                        ) -> BagSampler | RegionBagSampler:
     """Regions given by the data when the pool has them (with ``region_subsets`` subset bags each), else bags
     built from the instance labels."""
-    if pool.bag_index is not None and pool.bag_ucc is not None:
-        return RegionBagSampler(pool.bag_index, pool.bag_ucc, bag_size, ucc_min, ucc_max, seed, pool.labels,
+    if pool.region is not None and pool.region_count is not None:
+        return RegionBagSampler(pool.region, pool.region_count, bag_size, ucc_min, ucc_max, seed, pool.labels,
                                 instances_per_batch, region_subsets)
     known = pool.labels >= 0
     if not known.all():

@@ -39,20 +39,20 @@ class Pool(Instances, Protocol):
     """The instances of one split with their labels and regions.
 
     labels : (N,) int64 class of each instance (-1 where unknown); to build MNIST bags and to score only.
-    bag_index : (N,) int64 or None, the region (fixed bag) of each instance, -1 in none.
-    bag_ucc : (R,) int64 or None, the unique class count of each region.
+    region : (N,) int64 or None, the region (fixed bag) of each instance, -1 in none.
+    region_count : (R,) int64 or None, the unique class count of each region.
     """
 
     labels: np.ndarray
-    bag_index: np.ndarray | None
-    bag_ucc: np.ndarray | None
+    region: np.ndarray | None
+    region_count: np.ndarray | None
 
     @property
     def num_classes(self) -> int:
         """Distinct known labels."""
         ...
 
-    def subset(self, member: np.ndarray, bag_index: np.ndarray | None, bag_ucc: np.ndarray | None) -> Pool:
+    def subset(self, member: np.ndarray, region: np.ndarray | None, region_count: np.ndarray | None) -> Pool:
         """The instances where ``member`` (N,) bool is True, with new region indices and counts."""
         ...
 
@@ -68,13 +68,13 @@ def subsample(n: int, at_most: int, seed: int) -> np.ndarray:
 class InstancePool:
     """The instances of one split held in memory (a :class:`Pool`).
 
-    images : (N, H, W, C) uint8 (an (N, H, W) array gains C = 1); labels, bag_index, bag_ucc : as in :class:`Pool`.
+    images : (N, H, W, C) uint8 (an (N, H, W) array gains C = 1); labels, region, region_count : as in :class:`Pool`.
     """
 
     images: np.ndarray
     labels: np.ndarray
-    bag_index: np.ndarray | None = None
-    bag_ucc: np.ndarray | None = None
+    region: np.ndarray | None = None
+    region_count: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.ndim == 3:
@@ -102,6 +102,6 @@ class InstancePool:
         """Instances ``index`` as ``(n, H, W, C)`` uint8."""
         return self.images[index]
 
-    def subset(self, member: np.ndarray, bag_index: np.ndarray | None, bag_ucc: np.ndarray | None) -> InstancePool:
+    def subset(self, member: np.ndarray, region: np.ndarray | None, region_count: np.ndarray | None) -> InstancePool:
         """The instances where ``member`` is True, with new region indices and counts."""
-        return InstancePool(self.images[member], self.labels[member], bag_index, bag_ucc)
+        return InstancePool(self.images[member], self.labels[member], region, region_count)

@@ -58,7 +58,7 @@ def pool_from_tiles(paths: list[str], need_regions: bool, slide_dir: str | None 
             if size is not None and tiles.patch_size != size:
                 raise PathouccError(f"patch size {tiles.patch_size} differs from the other tile files ({size})", path)
             size = tiles.patch_size
-            if need_regions and (tiles.region is None or tiles.region_ucc is None):
+            if need_regions and (tiles.region is None or tiles.region_count is None):
                 raise PathouccError("tile file has no regions (bags) with counts: tile it with --mask, --geojson "
                                     "or --regions-csv" + (" (a CLAM/TRIDENT coordinate file has none: it serves "
                                                           "segment, cluster and test_tiles)"
@@ -68,10 +68,10 @@ def pool_from_tiles(paths: list[str], need_regions: bool, slide_dir: str | None 
             n = tiles.num_patches
             sizes.append(n)
             labels.append(tiles.labels if tiles.labels is not None else np.full(n, -1, np.int64))
-            if tiles.region is not None and tiles.region_ucc is not None:
+            if tiles.region is not None and tiles.region_count is not None:
                 offset = sum(len(u) for u in ucc)
                 region.append(np.where(tiles.region >= 0, tiles.region + offset, -1))
-                ucc.append(tiles.region_ucc)
+                ucc.append(tiles.region_count)
             else:
                 region.append(np.full(n, -1, np.int64))
     meta = (np.concatenate(labels).astype(np.int64),
@@ -84,11 +84,11 @@ def pool_from_tiles(paths: list[str], need_regions: bool, slide_dir: str | None 
 
 def _subset_regions(pool: Pool, keep: np.ndarray) -> Pool:
     """The instances of the regions ``keep`` (renumbered 0..len(keep)-1)."""
-    assert pool.bag_index is not None and pool.bag_ucc is not None
-    new_id = np.full(len(pool.bag_ucc), -1, np.int64)
+    assert pool.region is not None and pool.region_count is not None
+    new_id = np.full(len(pool.region_count), -1, np.int64)
     new_id[keep] = np.arange(len(keep))
-    member = (pool.bag_index >= 0) & (new_id[np.maximum(pool.bag_index, 0)] >= 0)
-    return pool.subset(member, new_id[pool.bag_index[member]], pool.bag_ucc[keep])
+    member = (pool.region >= 0) & (new_id[np.maximum(pool.region, 0)] >= 0)
+    return pool.subset(member, new_id[pool.region[member]], pool.region_count[keep])
 
 
 def load_tile_pools(cfg: DataConfig, splits: tuple[str, ...]) -> dict[str, Pool]:
@@ -99,8 +99,8 @@ def load_tile_pools(cfg: DataConfig, splits: tuple[str, ...]) -> dict[str, Pool]
         if not cfg.train_tiles:
             raise PathouccError("data.train_tiles is empty: list the tile files (.h5) to train on")
         pool = pool_from_tiles(cfg.train_tiles, need_regions=True, slide_dir=cfg.slide_dir, streaming=cfg.streaming)
-        assert pool.bag_ucc is not None
-        order = np.random.default_rng(0).permutation(len(pool.bag_ucc))
+        assert pool.region_count is not None
+        order = np.random.default_rng(0).permutation(len(pool.region_count))
         n_val = round(len(order) * cfg.val_fraction)
         out["train"] = _subset_regions(pool, np.sort(order[n_val:]))
         out["val"] = _subset_regions(pool, np.sort(order[:n_val]))

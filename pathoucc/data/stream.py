@@ -24,18 +24,18 @@ class StreamingPool:
     """The patches of several tile files as one pool, read on demand (a :class:`~pathoucc.data.pool.Pool`).
 
     paths : the tile files; sizes : patches per file; rows : (N,) the global patch number (file after file) of
-    each instance of the pool; labels, bag_index, bag_ucc : as in ``InstancePool``.
+    each instance of the pool; labels, region, region_count : as in ``InstancePool``.
     """
 
     def __init__(self, paths: list[str | Path], sizes: list[int], patch_size: int, labels: np.ndarray,
-                 bag_index: np.ndarray | None = None, bag_ucc: np.ndarray | None = None,
+                 region: np.ndarray | None = None, region_count: np.ndarray | None = None,
                  rows: np.ndarray | None = None, slide_dir: str | None = None) -> None:
         self.paths = [Path(p) for p in paths]
         self.sizes = [int(n) for n in sizes]
         self.offsets = np.concatenate([[0], np.cumsum(self.sizes)]).astype(np.int64)
         self.rows = np.arange(self.offsets[-1], dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         self.patch_size, self.slide_dir = int(patch_size), slide_dir
-        self.labels, self.bag_index, self.bag_ucc = labels, bag_index, bag_ucc
+        self.labels, self.region, self.region_count = labels, region, region_count
         if len(self.labels) != len(self.rows):
             raise ValueError("labels and rows differ in length")
         self._files: dict[int, PatchFile] = {}
@@ -54,9 +54,9 @@ class StreamingPool:
         """Distinct known labels."""
         return len(np.unique(self.labels[self.labels >= 0]))
 
-    def subset(self, member: np.ndarray, bag_index: np.ndarray | None, bag_ucc: np.ndarray | None) -> StreamingPool:
+    def subset(self, member: np.ndarray, region: np.ndarray | None, region_count: np.ndarray | None) -> StreamingPool:
         """The instances where ``member`` is True, with new region indices and counts (nothing is read)."""
-        return StreamingPool(self.paths, self.sizes, self.patch_size, self.labels[member], bag_index, bag_ucc,
+        return StreamingPool(self.paths, self.sizes, self.patch_size, self.labels[member], region, region_count,
                              self.rows[member], self.slide_dir)
 
     def _file(self, i: int) -> PatchFile:

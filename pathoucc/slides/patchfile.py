@@ -34,7 +34,7 @@ class PatchFile(ABC):
     patch_size : output px per side; patch_level : the pyramid level read; downsample : level-0 px per output px;
     stride : output px between neighbouring patches; level_dimensions : the slide in output px (W, H).
     labels : (N,) int64 class per patch (-1 unknown) or None; region : (N,) int64 region per patch (-1 none) or
-    None; region_boxes : (R, 4) int64 level-0 (x, y, w, h); region_ucc : (R,) int64 count of each region.
+    None; region_boxes : (R, 4) int64 level-0 (x, y, w, h); region_count : (R,) int64 count of each region.
     layout : who wrote the file: ``pathoucc`` (patches stored), ``clam`` or ``trident`` (coordinates only).
     """
 
@@ -53,7 +53,7 @@ class PatchFile(ABC):
     labels: np.ndarray | None = None
     region: np.ndarray | None = None
     region_boxes: np.ndarray | None = None
-    region_ucc: np.ndarray | None = None
+    region_count: np.ndarray | None = None
     layout: str = "pathoucc"
 
     @property

@@ -120,7 +120,7 @@ def _read_meta(f: h5py.File, path: Path) -> TileFile:
             raise fail(f"regions/boxes {boxes.shape} and regions/ucc {ucc.shape} do not match (R, 4) and (R,)")
         if "region" in out and out["region"].max(initial=-1) >= len(boxes):
             raise fail("region indices exceed the number of regions")
-        out["region_boxes"], out["region_ucc"] = boxes, ucc
+        out["region_boxes"], out["region_count"] = boxes, ucc
     elif "region" in out:
         raise fail("has per-patch region indices but no regions group")
     names = f.attrs.get("class_names")

@@ -25,7 +25,7 @@ import numpy as np
 
 from pathoucc.config import TileOptions
 from pathoucc.errors import PathouccError
-from pathoucc.slides.annotations.assign import grid_regions, region_bags, region_ucc
+from pathoucc.slides.annotations.assign import grid_regions, region_bags, region_counts
 from pathoucc.slides.annotations.csv import read_regions_csv
 from pathoucc.slides.annotations.geojson import class_raster, read_geojson
 from pathoucc.slides.annotations.mask import read_label_mask
@@ -119,7 +119,7 @@ def _dense_bags(raster: LabelRaster, coords: np.ndarray, positions: np.ndarray, 
         raise PathouccError(f"the annotations do not overlap any tissue patch of {slide_path.name}", raster.source)
     region, boxes = grid_regions(positions, options.patch_size, options.region_size, downsample, slide_dimensions)
     region = np.where(labels >= 0, region, -1)  # an unlabelled patch is in no bag: its class is unknown
-    ucc = region_ucc(labels, region, len(boxes))
+    ucc = region_counts(labels, region, len(boxes))
     keep = ucc > 0  # windows without a single labelled patch carry no count
     remap = np.full(len(boxes) + 1, -1, np.int64)
     remap[np.flatnonzero(keep)] = np.arange(int(keep.sum()))

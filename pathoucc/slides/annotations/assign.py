@@ -26,7 +26,7 @@ import shapely
 
 from pathoucc.errors import PathouccError
 
-__all__ = ["CountRegion", "RegionBags", "assign_patches", "grid_regions", "region_bags", "region_ucc",
+__all__ = ["CountRegion", "RegionBags", "assign_patches", "grid_regions", "region_bags", "region_counts",
            "regions_off_slide", "skipped_regions"]
 
 
@@ -178,7 +178,7 @@ def grid_regions(positions: np.ndarray, patch_size: int, region_size: int, downs
     return region, boxes
 
 
-def region_ucc(labels: np.ndarray, region: np.ndarray, num_regions: int) -> np.ndarray:
+def region_counts(labels: np.ndarray, region: np.ndarray, num_regions: int) -> np.ndarray:
     """Number of distinct known classes (label >= 0) among each region's patches -> (R,) int64."""
     labels, region = np.asarray(labels), np.asarray(region)
     ok = (labels >= 0) & (region >= 0)
