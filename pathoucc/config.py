@@ -135,7 +135,7 @@ class EvalConfig(_Section):
 
 
 class RefineConfig(_Section):
-    """Count-consistent self-training after the UCC training (:mod:`pathoucc.refine`; ``steps`` 0 = off). Each of
+    """Count-consistent self-training after the UCC training (:mod:`pathoucc.cluster.refine`; ``steps`` 0 = off). Each of
     ``rounds`` rounds clusters the training patches' features, corrects the clusters of every count-labelled
     region to its count, and fine-tunes the encoder on them for ``steps`` steps of ``batch_size`` patches (Adam at
     ``lr``, cosine to 0). Needs regions with counts: ``data.source: tiles``."""
