@@ -135,10 +135,10 @@ class EvalConfig(_Section):
 
 
 class RefineConfig(_Section):
-    """Count-consistent self-training after the UCC training (:mod:`pathoucc.cluster.refine`; ``steps`` 0 = off). Each of
-    ``rounds`` rounds clusters the training patches' features, corrects the clusters of every count-labelled
-    region to its count, and fine-tunes the encoder on them for ``steps`` steps of ``batch_size`` patches (Adam at
-    ``lr``, cosine to 0). Needs regions with counts: ``data.source: tiles``."""
+    """Count-consistent self-training after the UCC training (:mod:`pathoucc.cluster.refine`; ``steps`` 0 = off):
+    each of ``rounds`` rounds clusters the training patches' features, corrects the clusters of every region to its
+    count, and fine-tunes the encoder on them for ``steps`` steps of ``batch_size`` patches (Adam at ``lr``, cosine
+    to 0). Needs regions with counts: ``data.source: tiles``."""
 
     steps: int = Field(0, ge=0)
     rounds: int = Field(1, ge=1)

@@ -47,3 +47,12 @@ def tiny_config(digits_idx: Path) -> dict:
         "train": {"steps": 6, "val_every": 3, "checkpoint_every": 2, "log_every": 1, "val_bags": 8, "lr": 1e-3},
         "eval": {"n_init": 2, "batch_size": 256},
     }
+
+
+@pytest.fixture(scope="session")
+def digit_slide(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The 1024 x 1024 px digit slide of :func:`slide_fixtures.make_digit_fixture`, built once per session (tests
+    read it and write elsewhere; one that changes it works on a copy)."""
+    from slide_fixtures import make_digit_fixture
+
+    return make_digit_fixture(tmp_path_factory.mktemp("digits"))

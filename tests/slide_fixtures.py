@@ -7,11 +7,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
-HE_IMAGE = ROOT / "tests" / "data" / "he_crop_256.png"  # a real H&E crop (BSD-3, TIAToolbox; tests/data/README.md)
+HE_IMAGE = ROOT / "tests" / "assets" / "he_crop_256.png"  # a real H&E crop (BSD-3, TIAToolbox; tests/assets/README.md)
 HE_SIZE = 1000  # the crop is scaled to HE_SIZE x HE_SIZE px
 sys.path.insert(0, str(ROOT / "tools"))
 
@@ -24,10 +23,9 @@ GRID = (16, 16)  # 2 x 2 regions of 8 x 8 digits, one region of white margin: 10
 MARGIN = REGION_CELLS * CELL
 
 
-@pytest.fixture(scope="module")
-def digit_slide(tmp_path_factory) -> dict:
-    """A 1024 x 1024 px digit slide: paths and the generator's ground truth (cell classes, region ucc)."""
-    folder = tmp_path_factory.mktemp("digits")
+def make_digit_fixture(folder: Path) -> dict:
+    """A 1024 x 1024 px digit slide in ``folder``: paths and the generator's ground truth (cell classes, region
+    counts); the ``digit_slide`` fixture of conftest.py builds it once per test session."""
     slide, mask = make_digit_slide(folder / "digits.tif", grid=GRID, cell=CELL, region_cells=REGION_CELLS,
                                    source="digits", seed=3, mpp=0.5)
     cells = np.asarray(Image.open(mask)).astype(np.int64)[MARGIN::CELL, MARGIN::CELL][:GRID[0], :GRID[1]] - 1

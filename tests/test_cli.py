@@ -10,25 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import one_line_error, run_cli
 
-from pathoucc.cli import main
 from pathoucc.errors import PathouccError
-
-
-def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["pathoucc", *args])
-    with pytest.raises(SystemExit) as exit_info:
-        main()
-    captured = capsys.readouterr()
-    return exit_info.value.code or 0, captured.out, captured.err
-
-
-def _one_line_error(err: str, *needles: str) -> None:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
 
 
 @pytest.fixture()
@@ -65,7 +49,7 @@ def test_bad_input_is_one_line(monkeypatch, capsys, tmp_path: Path, tiny_yaml: P
     args = [a.format(cfg=tiny_yaml, tmp=tmp_path) for a in args]
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 2
-    _one_line_error(err, *needles)
+    one_line_error(err, *needles)
 
 
 def test_unwritable_output_folder(monkeypatch, capsys, tmp_path: Path, tiny_yaml: Path) -> None:
@@ -73,7 +57,7 @@ def test_unwritable_output_folder(monkeypatch, capsys, tmp_path: Path, tiny_yaml
     blocker.write_text("x")
     code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_yaml), "--out", str(blocker / "run"))
     assert code == 2
-    _one_line_error(err, "cannot create output folder")
+    one_line_error(err, "cannot create output folder")
 
 
 def test_corrupt_checkpoint_leaves_nothing_behind(monkeypatch, capsys, tmp_path: Path, tiny_yaml: Path) -> None:
@@ -82,7 +66,7 @@ def test_corrupt_checkpoint_leaves_nothing_behind(monkeypatch, capsys, tmp_path:
     (run / "checkpoint.pt").write_text("not a checkpoint")
     code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_yaml), "--out", str(run), "--resume")
     assert code == 2
-    _one_line_error(err, "checkpoint.pt", "corrupt")
+    one_line_error(err, "checkpoint.pt", "corrupt")
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt"]
 
 
@@ -101,7 +85,7 @@ def test_an_alias_bomb_config_is_a_short_fast_error(monkeypatch, capsys, tmp_pat
     start = time.perf_counter()
     code, _, err = run_cli(monkeypatch, capsys, "train", str(bomb))
     assert code == 2 and time.perf_counter() - start < 5 and len(err) < 300
-    _one_line_error(err, "bomb.yaml", "alias")
+    one_line_error(err, "bomb.yaml", "alias")
 
 
 @pytest.mark.parametrize(
@@ -113,16 +97,16 @@ def test_an_alias_bomb_config_is_a_short_fast_error(monkeypatch, capsys, tmp_pat
 def test_a_bad_choice_is_one_line_listing_the_valid_values(monkeypatch, capsys, args, option, valid) -> None:
     code, _, err = run_cli(monkeypatch, capsys, *args)
     assert code == 2
-    _one_line_error(err, option, repr(args[-1]), *(repr(v) for v in valid), f"pathoucc {args[0]} --help")
+    one_line_error(err, option, repr(args[-1]), *(repr(v) for v in valid), f"pathoucc {args[0]} --help")
 
 
 def test_usage_errors_are_one_line(monkeypatch, capsys) -> None:
     code, _, err = run_cli(monkeypatch, capsys, "train", "c.yaml", "--bogus")
     assert code == 2
-    _one_line_error(err, "No such option: --bogus")
+    one_line_error(err, "No such option: --bogus")
     code, _, err = run_cli(monkeypatch, capsys, "tile", "s.svs")
     assert code == 2
-    _one_line_error(err, "Missing option '--out'")
+    one_line_error(err, "Missing option '--out'")
 
 
 def test_debug_is_the_global_flag_only(monkeypatch, capsys, tmp_path: Path) -> None:
@@ -131,13 +115,13 @@ def test_debug_is_the_global_flag_only(monkeypatch, capsys, tmp_path: Path) -> N
         run_cli(monkeypatch, capsys, "--debug", "train", missing)
     code, _, err = run_cli(monkeypatch, capsys, "train", missing)  # the next call starts without it
     assert code == 2
-    _one_line_error(err, "none.yaml")
+    one_line_error(err, "none.yaml")
     code, _, err = run_cli(monkeypatch, capsys, "train", missing, "--debug")  # after it: refused, saying where
     assert code == 2
-    _one_line_error(err, "--debug goes before the command")
+    one_line_error(err, "--debug goes before the command")
     code, _, err = run_cli(monkeypatch, capsys, "train", missing, "--set", "--debug")  # a value, not the flag
     assert code == 2
-    _one_line_error(err, "none.yaml")
+    one_line_error(err, "none.yaml")
     monkeypatch.setenv("COLUMNS", "200")  # --help documents where --debug goes
     code, out, _ = run_cli(monkeypatch, capsys, "--help")
     assert code == 0 and "Give it before the command: pathoucc --debug train" in out

@@ -7,14 +7,12 @@ import json
 import h5py
 import numpy as np
 import pytest
-from slide_fixtures import CELL, digit_slide
-from test_cli import _one_line_error, run_cli
+from helpers import one_line_error, run_cli
+from slide_fixtures import CELL
 
 from pathoucc.config import config_from_dict
 from pathoucc.slides.tiler import tile_slide
 from pathoucc.training.train import train_ucc
-
-__all__ = ["digit_slide"]  # the fixture is used by name
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +132,7 @@ def test_bad_input_is_one_line_and_writes_nothing(monkeypatch, capsys, digit_run
         args += ["--out", str(tmp_path / "out")]
     code, _, err = run_cli(monkeypatch, capsys, "segment", *args)
     assert code == 2
-    _one_line_error(err, *needles)
+    one_line_error(err, *needles)
     assert not (tmp_path / "out" / "digits").exists()
     assert not any(p.name.endswith((".partial", ".tmp")) for p in f.rglob("*"))
 
@@ -152,7 +150,7 @@ def test_corrupt_patch_chunks_are_one_line_in_segment(monkeypatch, capsys, digit
     code, _, err = run_cli(monkeypatch, capsys, "segment", str(digit_run["run"]), str(bad), "--out",
                            str(tmp_path / "out"), "--device", "cpu")
     assert code == 2
-    _one_line_error(err, f"{bad}: cannot read patches", "corrupt")
+    one_line_error(err, f"{bad}: cannot read patches", "corrupt")
     assert not (tmp_path / "out" / "bad").exists()
 
 

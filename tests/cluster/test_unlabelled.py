@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from slide_fixtures import CELL, digit_slide
-from test_cli import run_cli
+from helpers import run_cli
+from slide_fixtures import CELL
 
 from pathoucc.cluster.evaluate import score_split
 from pathoucc.cluster.metrics import clustering_scores, count_consistency
@@ -18,8 +18,6 @@ from pathoucc.config import config_from_dict
 from pathoucc.data.pool import InstancePool
 from pathoucc.slides.tilefile import open_tiles
 from pathoucc.slides.tiler import tile_slide
-
-__all__ = ["digit_slide"]  # the fixture is used by name
 
 
 def test_count_consistency_counts_the_clusters_holding_a_share_of_each_region() -> None:

@@ -5,14 +5,12 @@ import json
 import numpy as np
 import pytest
 import shapely
+from helpers import run_tile
 from PIL import Image
-from slide_fixtures import CELL, MARGIN, digit_slide
-from test_tiling_cli import run
+from slide_fixtures import CELL, MARGIN
 
 from pathoucc.slides.tilefile import open_tiles
 from pathoucc.slides.tiler import tile_slide
-
-__all__ = ["digit_slide"]
 
 
 def square(x0, y0, x1, y1):
@@ -42,7 +40,7 @@ REGIONS = [
 def test_cli_count_only_regions_become_bags(digit_slide, tmp_path):
     geojson = write(tmp_path, REGIONS)
     out = tmp_path / "tiles"
-    proc = run(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--level", 0, "--geojson", geojson,
+    proc = run_tile(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--level", 0, "--geojson", geojson,
                "--classes", "a,b,c")
     assert proc.returncode == 0, proc.stderr
     warnings = proc.stderr.strip().splitlines()
@@ -103,7 +101,7 @@ def _bad(case, tmp_path):
 def test_cli_bad_count_regions_are_one_line_and_write_nothing(digit_slide, tmp_path, case, words):
     geojson = _bad(case, tmp_path)
     out = tmp_path / "out"
-    proc = run(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--level", 0, "--geojson", geojson,
+    proc = run_tile(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--level", 0, "--geojson", geojson,
                "--classes", "a,b,c")
     assert proc.returncode == 2, proc.stdout
     lines = proc.stderr.strip().splitlines()
@@ -115,7 +113,7 @@ def test_cli_bad_count_regions_are_one_line_and_write_nothing(digit_slide, tmp_p
 def test_region_with_fewer_patches_than_its_count_is_a_counted_skip(digit_slide, tmp_path):
     small = feature([square(600, 256, 664, 288)], ucc=3, name="small")  # 2 patches cannot show 3 classes
     geojson = write(tmp_path, [small, REGIONS[0]])
-    proc = run(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
+    proc = run_tile(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
                "--geojson", geojson, "--classes", "a,b,c")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip().splitlines() == [
@@ -128,12 +126,12 @@ def test_region_with_fewer_patches_than_its_count_is_a_counted_skip(digit_slide,
 
 def test_integer_classes_index_the_run_classes(digit_slide, tmp_path):
     geojson = write(tmp_path, [feature([square(256, 256, 512, 512)], classes=[0, 2])])
-    proc = run(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
+    proc = run_tile(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
                "--geojson", geojson, "--classes", "a,b,c")
     assert proc.returncode == 0, proc.stderr
     assert open_tiles(tmp_path / "tiles" / "digits.h5").region_count.tolist() == [2]
     mixed = write(tmp_path, [feature([square(256, 256, 512, 512)], classes=[0, "b"], name="m")], "mixed.geojson")
-    proc = run(digit_slide["slide"], "--out", tmp_path / "bad", "--patch-size", CELL, "--level", 0,
+    proc = run_tile(digit_slide["slide"], "--out", tmp_path / "bad", "--patch-size", CELL, "--level", 0,
                "--geojson", mixed, "--classes", "a,b,c")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f'error: {mixed}: feature 0 "m": classes mixes class names and integers ([0, "b"]); give all names or all '
@@ -143,7 +141,7 @@ def test_integer_classes_index_the_run_classes(digit_slide, tmp_path):
 def test_deep_geojson_is_a_one_line_cli_error(digit_slide, tmp_path):
     deep = tmp_path / "deep.geojson"
     deep.write_text("[" * 200_000 + "]" * 200_000)
-    proc = run(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
+    proc = run_tile(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
                "--geojson", deep)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: {deep}: JSON is nested too deeply to be GeoJSON (thousands "
@@ -154,7 +152,7 @@ def test_geojson_folder_and_several_slides(digit_slide, tmp_path):
     folder = tmp_path / "annotations"
     folder.mkdir()
     write(folder, REGIONS[:1])
-    proc = run(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
+    proc = run_tile(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
                "--geojson", folder)
     assert proc.returncode == 0, proc.stderr
     assert open_tiles(tmp_path / "tiles" / "digits.h5").region_count.tolist() == [2]

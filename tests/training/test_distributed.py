@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from slide_fixtures import CELL, digit_slide
+from slide_fixtures import CELL
 from torch import nn
 
 from pathoucc.config import config_from_dict
@@ -33,8 +33,6 @@ from pathoucc.run import CHECKPOINT, REFINE_CHECKPOINT, read_weights, snapshot_p
 from pathoucc.slides.tiler import tile_slide
 from pathoucc.training.distributed import rank_seed
 from pathoucc.training.train import prepare_ucc, train_ucc, ucc_step
-
-__all__ = ["digit_slide"]  # the fixture is used by name
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 

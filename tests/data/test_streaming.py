@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from slide_fixtures import CELL, digit_slide
-from test_cli import _one_line_error, run_cli
+from helpers import one_line_error, run_cli
+from slide_fixtures import CELL
 
 from pathoucc.cluster.features import extract_features
 from pathoucc.config import config_from_dict
@@ -25,8 +25,6 @@ from pathoucc.errors import PathouccError
 from pathoucc.models.encoders import TimmEncoder, input_stats
 from pathoucc.slides.tiler import tile_slide
 from pathoucc.training.train import UCCTraining, fit_ucc, prepare_ucc
-
-__all__ = ["digit_slide"]  # the fixture is used by name
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +119,7 @@ def test_corrupt_tile_file_read_into_memory_is_one_line_in_train(labelled_tiles:
     config.write_text(yaml.safe_dump(_config([bad], streaming=False).model_dump(mode="json")))
     code, _, err = run_cli(monkeypatch, capsys, "train", str(config), "--out", str(tmp_path / "run"))
     assert code == 2
-    _one_line_error(err, f"{bad}: cannot read patches", "corrupt")
+    one_line_error(err, f"{bad}: cannot read patches", "corrupt")
     assert "filter returned failure" in err or "OSError" in err  # what h5py said, after the file's name
 
 

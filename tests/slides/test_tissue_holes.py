@@ -4,11 +4,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ASSETS
 from PIL import Image
 
 from pathoucc.slides.tissue import MIN_HOLE_AREA, detect_tissue, fill_small_holes, tissue_mask_from_rgb
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = ASSETS
 PINK = (190, 90, 170)
 
 

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from slide_fixtures import CELL, digit_slide
-from test_cli import _one_line_error, run_cli
+from helpers import one_line_error, run_cli
+from slide_fixtures import CELL
 
 from pathoucc.cluster import refine as refine_module
 from pathoucc.cluster.evaluate import evaluate_run
@@ -33,8 +33,6 @@ from pathoucc.pipeline import refine_run, train_run
 from pathoucc.run import REFINE_CHECKPOINT, read_weights
 from pathoucc.slides.tiler import tile_slide
 from pathoucc.training.train import train_ucc
-
-__all__ = ["digit_slide"]  # the fixture is used by name (by region_tiles)
 
 
 def _distances(nearest: list[int], k: int = 3) -> np.ndarray:
@@ -255,12 +253,12 @@ def test_cli_train_is_the_python_call_and_refine_re_refines(monkeypatch, capsys,
     assert code == 0 and "--set" in out and "--device" in out
     code, _, err = run_cli(monkeypatch, capsys, "refine", str(run), "--set", "train.lr=0.1")
     assert code == 2
-    _one_line_error(err, "train.lr=0.1", "only refine.* settings")
+    one_line_error(err, "train.lr=0.1", "only refine.* settings")
     # refinement needs count-labelled regions: refused before any training, in one line
     config.write_text(yaml.safe_dump({"data": {"source": "mnist"}, "refine": {"steps": 5}}))
     code, _, err = run_cli(monkeypatch, capsys, "train", str(config), "--out", str(tmp_path / "no"))
     assert code == 2 and not (tmp_path / "no").exists()
-    _one_line_error(err, "slides.yaml", "refine.steps needs count-labelled regions")
+    one_line_error(err, "slides.yaml", "refine.steps needs count-labelled regions")
 
 
 class _Killed(BaseException):

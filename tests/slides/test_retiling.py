@@ -6,15 +6,12 @@ import shutil
 
 import h5py
 import pytest
-from slide_fixtures import digit_slide
-from test_tiling_cli import run
+from helpers import run_tile
 
 from pathoucc.errors import PathouccError
 from pathoucc.slides.outputs import output_lock
 from pathoucc.slides.tilefile import open_tiles
 from pathoucc.slides.tiler import tile_slide, tile_slides
-
-__all__ = ["digit_slide"]
 
 OPTIONS = {"patch_size": 64, "level": 0}
 
@@ -68,11 +65,11 @@ def test_tiles_record_their_inputs_and_are_replaced_when_they_change(digit_slide
 
 def test_cli_says_what_was_retiled(digit_slide, tmp_path):
     out = tmp_path / "tiles"
-    first = run(digit_slide["slide"], "--out", out, "--patch-size", 64, "--level", 0)
+    first = run_tile(digit_slide["slide"], "--out", out, "--patch-size", 64, "--level", 0)
     assert first.returncode == 0 and "tiled 1, skipped 0" in first.stdout
-    same = run(digit_slide["slide"], "--out", out, "--patch-size", 64, "--level", 0, "--stride", 64)
+    same = run_tile(digit_slide["slide"], "--out", out, "--patch-size", 64, "--level", 0, "--stride", 64)
     assert same.returncode == 0 and "tiled 0, skipped 1 (up to date)" in same.stdout
-    other = run(digit_slide["slide"], "--out", out, "--patch-size", 64, "--level", 0, "--tissue-threshold", 0.2)
+    other = run_tile(digit_slide["slide"], "--out", out, "--patch-size", 64, "--level", 0, "--tissue-threshold", 0.2)
     assert other.returncode == 0, other.stderr
     assert "re-tiled digits.h5: tissue_threshold 0.5 -> 0.2" in other.stdout and "tiled 1, skipped 0" in other.stdout
 

@@ -8,7 +8,7 @@ from pathoucc.cluster.evaluate import evaluate_raw_pixels
 from pathoucc.config import load_config
 from pathoucc.pipeline import train_run
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_mnist_smoke_clusters_far_better_than_raw_pixels(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import shapely
 from PIL import Image
 
 from pathoucc.errors import PathouccError
-from pathoucc.slides.annotations.assign import CountRegion, assign_patches, grid_regions, region_bags, region_count
+from pathoucc.slides.annotations.assign import CountRegion, assign_patches, grid_regions, region_bags, region_counts
 from pathoucc.slides.annotations.csv import read_regions_csv
 from pathoucc.slides.annotations.geojson import read_class_raster
 from pathoucc.slides.annotations.mask import read_label_mask
@@ -145,7 +145,7 @@ def test_grid_regions_and_ucc():
     np.testing.assert_array_equal(region, [0, 0, 1, 0, 2, -1, 0])
     np.testing.assert_array_equal(boxes, [[0, 0, 64, 64], [64, 0, 64, 64], [64, 64, 64, 64]])
     labels = np.array([3, 5, 1, -1, 2, 7, 9])
-    np.testing.assert_array_equal(region_count(labels, region, 3), [3, 1, 1])
+    np.testing.assert_array_equal(region_counts(labels, region, 3), [3, 1, 1])
     # at downsample 2 the boxes are in level-0 pixels and clipped to the slide
     region, boxes = grid_regions(positions, 32, 64, 2.0, (200, 150))
     np.testing.assert_array_equal(boxes[-1], [128, 128, 72, 22])

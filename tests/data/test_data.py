@@ -16,7 +16,7 @@ from pathoucc.data.pool import InstancePool, Instances, Pool, subsample
 from pathoucc.data.stream import StreamingPool
 from pathoucc.errors import PathouccError
 
-PACKAGE = Path(__file__).resolve().parents[1] / "pathoucc"
+PACKAGE = Path(__file__).resolve().parents[2] / "pathoucc"
 
 
 @pytest.mark.parametrize("name", ["a-idx3-ubyte", "a-idx3-ubyte.gz"])

@@ -4,29 +4,23 @@ import sys
 
 import numpy as np
 import pytest
-from slide_fixtures import CELL, GRID, digit_slide
+from helpers import run_tile
+from slide_fixtures import CELL, GRID
 
 from pathoucc.slides.tilefile import open_tiles
-
-__all__ = ["digit_slide"]
-
-
-def run(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "pathoucc.cli", "tile", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
 
 
 def test_cli_tiles_the_digit_slide_with_its_mask(digit_slide, tmp_path):
     out = tmp_path / "tiles"
-    proc = run(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--stride", CELL, "--level", 0,
+    proc = run_tile(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--stride", CELL, "--level", 0,
                "--region-size", 256, "--mask", digit_slide["mask"], "--workers", 2)
     assert proc.returncode == 0, proc.stderr
     tiles = open_tiles(out / "digits.h5")
     assert tiles.num_patches == GRID[0] * GRID[1] and tiles.num_regions == 4
     assert (np.bincount(tiles.region) == 64).all()
     assert sorted(tiles.region_count.tolist()) == sorted(r["ucc"] for r in digit_slide["regions"])
-    again = run(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--level", 0, "--mask", digit_slide["mask"],
-                "--region-size", 256)
+    again = run_tile(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--level", 0,
+                     "--mask", digit_slide["mask"], "--region-size", 256)
     assert again.returncode == 0 and "skipped 1" in again.stdout
 
 
@@ -45,7 +39,7 @@ def test_cli_bad_input_is_one_line_without_traceback(digit_slide, tmp_path, case
                            '{"type": "Polygon", "coordinates": [[[300, 300], [400, 300], [400, 400], [300, 300]]]},'
                            ' "properties": {"classification": {"name": "Mucus"}}}]}')
         extra = ["--geojson", geojson, "--classes", "Tumor,Stroma"]
-    proc = run(slide, "--out", tmp_path / "out", "--patch-size", 64, *extra)
+    proc = run_tile(slide, "--out", tmp_path / "out", "--patch-size", 64, *extra)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in proc.stderr
@@ -58,7 +52,7 @@ def test_cli_batch_reports_bad_slides_and_tiles_the_rest(digit_slide, tmp_path):
     bad = tmp_path / "broken.svs"
     bad.write_text("nope")
     missing = tmp_path / "missing.tif"
-    proc = run(bad, digit_slide["slide"], missing, "--out", tmp_path / "out", "--patch-size", 64, "--level", 0)
+    proc = run_tile(bad, digit_slide["slide"], missing, "--out", tmp_path / "out", "--patch-size", 64, "--level", 0)
     assert proc.returncode == 1
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 2 and "broken.svs" in lines[0] and "missing.tif" in lines[1]

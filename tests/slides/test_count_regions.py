@@ -2,11 +2,11 @@
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 import shapely
+from helpers import ASSETS
 
 from pathoucc.errors import PathouccError
 from pathoucc.slides.annotations.assign import (
@@ -24,7 +24,7 @@ from pathoucc.slides.annotations.geojson import (
     split_features,
 )
 
-DATA = Path(__file__).resolve().parent / "data"
+DATA = ASSETS
 
 
 def square(x0, y0, x1, y1):
@@ -49,7 +49,7 @@ def grid(step=32, size=512):
 
 
 def test_qupath_export_is_read(tmp_path):
-    """tests/data/regions_qupath.geojson: a QuPath-style list export with every accepted way to give a count."""
+    """tests/assets/regions_qupath.geojson: a QuPath-style list export with every accepted way to give a count."""
     path = tmp_path / "regions_qupath.geojson"
     shutil.copy(DATA / "regions_qupath.geojson", path)
     regions = read_count_regions(path, ["tumour", "stroma", "lymphocytes", "fat"], max_ucc=4)
@@ -288,7 +288,7 @@ def test_bad_integer_classes_are_one_line_errors(tmp_path, classes, run_classes,
     assert str(err.value).startswith(f"{path}: {problem}") and "\n" not in str(err.value)
 
 
-def test_deeply_nested_json_is_a_one_line_error(tmp_path):
+def test_deeply_nested_json_is_aone_line_error(tmp_path):
     path = tmp_path / "deep.geojson"
     path.write_text("[" * 200_000 + "]" * 200_000)
     with pytest.raises(PathouccError, match="nested too deeply") as err:

@@ -4,13 +4,10 @@ import shutil
 from pathlib import Path
 
 import pytest
-from slide_fixtures import digit_slide
-from test_tiling_cli import run
+from helpers import run_tile
 
 from pathoucc.errors import PathouccError
 from pathoucc.slides.cohort import parse_shard, read_slide_list, shard_slides
-
-__all__ = ["digit_slide"]
 
 
 def test_shards_partition_the_slides_deterministically():
@@ -49,7 +46,7 @@ def test_cli_shards_write_disjoint_outputs(digit_slide, tmp_path):
     outs = {}
     for shard in ("1/2", "2/2"):
         out = tmp_path / f"tiles{shard[0]}"
-        proc = run("--slide-list", listing, "--out", out, "--shard", shard, "--patch-size", 128, "--level", 0)
+        proc = run_tile("--slide-list", listing, "--out", out, "--shard", shard, "--patch-size", 128, "--level", 0)
         assert proc.returncode == 0, proc.stderr
         assert f"shard {shard}:" in proc.stdout
         outs[shard] = sorted(p.name for p in out.glob("*.h5"))
@@ -63,7 +60,7 @@ def test_cli_shards_write_disjoint_outputs(digit_slide, tmp_path):
     ([], "no slides: give slide files or --slide-list FILE"),
 ])
 def test_cli_bad_shard_or_list_is_one_line(tmp_path, args, words):
-    proc = run(*args, "--out", tmp_path / "out", cwd=tmp_path)
+    proc = run_tile(*args, "--out", tmp_path / "out", cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and words in lines[0]

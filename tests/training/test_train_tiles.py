@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from slide_fixtures import CELL, digit_slide
+from slide_fixtures import CELL
 
 from pathoucc.cluster.evaluate import evaluate_run
 from pathoucc.cluster.metrics import clustering_accuracy
@@ -16,8 +16,6 @@ from pathoucc.data.sources import load_pools
 from pathoucc.errors import PathouccError
 from pathoucc.slides.tiler import tile_slide
 from pathoucc.training.train import train_ucc
-
-__all__ = ["digit_slide"]  # the fixture is used by name
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from slide_fixtures import CELL, digit_slide
-from test_cli import _one_line_error, run_cli
+from helpers import one_line_error, run_cli
+from slide_fixtures import CELL
 
 from pathoucc.cluster.features import extract_features
 from pathoucc.cluster.kmeans import fit_on_train
@@ -28,8 +28,6 @@ from pathoucc.slides.reader import open_slide
 from pathoucc.slides.tilefile import TileFile, open_tiles
 from pathoucc.slides.tiler import tile_slide
 from pathoucc.training.train import train_ucc
-
-__all__ = ["digit_slide"]  # the fixture is used by name
 
 
 def _coords_dataset(f: h5py.File, coords: np.ndarray, attrs: dict) -> None:
@@ -179,7 +177,7 @@ def test_features_kmeans_and_segment_on_coords_files(files, monkeypatch, capsys,
     # a coords file whose slide cannot be found: one line naming both files
     code, _, err = run_cli(monkeypatch, capsys, "segment", str(run), str(files["clam"]), "--out", str(tmp_path / "x"))
     assert code == 2
-    _one_line_error(err, str(files["clam"]), "slide 'digits.*'")
+    one_line_error(err, str(files["clam"]), "slide 'digits.*'")
 
 
 def test_coords_files_cannot_train_but_can_be_test_tiles(files) -> None:

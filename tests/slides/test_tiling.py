@@ -5,15 +5,13 @@ import h5py
 import numpy as np
 import pytest
 from PIL import Image
-from slide_fixtures import CELL, GRID, MARGIN, REGION_CELLS, blank_slide, cell_class, digit_slide, he_slide
+from slide_fixtures import CELL, GRID, MARGIN, REGION_CELLS, blank_slide, cell_class, he_slide
 
 from pathoucc.errors import PathouccError
 from pathoucc.slides import tiler
 from pathoucc.slides.reader import open_slide
 from pathoucc.slides.tilefile import open_tiles
 from pathoucc.slides.tiler import output_paths, tile_slide, tile_slides
-
-__all__ = ["digit_slide"]  # the fixture is used by name
 
 DIGITS = [str(i) for i in range(10)]
 
