@@ -91,6 +91,7 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
     from pathoucc.train import train_run
 
     wall = time.perf_counter()
+    commit = git_commit()  # the code that runs, before anything is committed while it trains
     built = build_cell(cell, args.work, args.data_dir)
     timings = {"slides_and_tiles_s": time.perf_counter() - wall}
     tiles = [*built["train_tiles"], built["val_tiles"], built["test_tiles"]]
@@ -125,7 +126,7 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
     generator = json.loads((built["folder"] / "generator.json").read_text())
     return {
         "cell": cell.name, "date": date.today().isoformat(), "command": command("bench_cohorts.py", sys.argv[1:]),
-        "machine": machine(), "git_commit": git_commit(), "seed": cfg.seed,
+        "machine": machine(), "git_commit": commit, "seed": cfg.seed,
         "recipe": built["recipe"], "generator": generator,
         "config": {"file": relative(args.config), "overrides": overrides, "resolved": cfg.to_dict()},
         "test_patch_accuracy": slides["test"]["scores"]["patches"]["accuracy"],

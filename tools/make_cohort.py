@@ -121,7 +121,7 @@ def build_cell(cell: Cell, work: Path, data_dir: str | Path = "data") -> dict:
     made = False
     if not stamp.exists() or json.loads(stamp.read_text()) != recipe:
         if folder.exists():
-            print(f"{cell.name}: recipe changed, rebuilding {folder}", file=sys.stderr)
+            print(f"{cell.name}: {folder} is half built or of another recipe; rebuilding it", file=sys.stderr)
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         summaries = {}
