@@ -95,3 +95,47 @@ def test_cached_cell_is_reused_only_while_its_recipe_holds(tmp_path, monkeypatch
     again = build_cell(cell, tmp_path)
     assert again["made"] and not marker.exists()  # changed recipe: deleted and rebuilt
     assert json.loads((again["folder"] / "recipe.json").read_text())["slides"][0]["seed"] == 7
+
+
+@pytest.mark.slow
+def test_bench_cohorts_scores_every_slide_of_a_cell(tmp_path, monkeypatch):
+    """A small cell trained a few steps end to end: every patch of every slide is in the cluster tables, with
+    the digit the mask gives it, and the result names the disjoint validation slide and the test slide."""
+    import argparse
+
+    import yaml
+    from bench_cohorts import run_cell
+
+    cell = Cell("intermixed", 90, 200, CELL)
+    spec = {"layout": "intermixed", "cell": CELL, "region_cells": 5.0, "min_region_patches": 6, "blob_cells": 8.0,
+            "source": "digits"}
+    recipe = {"cell": {}, "slides": [{"name": n, "split": "train", "seed": s, "grid": g, **spec}
+                                     for n, s, g in (("train0", 1, 16), ("train1", 11, 16), ("val", 3, 10),
+                                                     ("test", 2, 10))]}
+    monkeypatch.setattr(Cell, "recipe", lambda self: recipe)
+    cfg = yaml.safe_load((ROOT / "configs" / "digit-slide.yaml").read_text())
+    cfg["train"].update(steps=6, val_every=3, checkpoint_every=3)
+    cfg["refine"].update(steps=2, rounds=1)
+    cfg["model"]["widths"] = [4, 8, 8]
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(cfg))
+    args = argparse.Namespace(work=tmp_path / "work", data_dir="data", config=tmp_path / "small.yaml", seed=None,
+                              reuse_run=False, resume=False)
+    result = run_cell(cell, args)
+
+    assert result["config"]["resolved"]["model"]["input_size"] == CELL
+    assert result["config"]["resolved"]["train"]["max_minutes"] is None
+    assert set(result["slides"]) == {"train0", "train1", "val", "test"}
+    for name, slide in result["slides"].items():
+        truth = np.asarray(Image.open(tmp_path / "work" / cell.name / f"{name}_mask.png"))[CELL // 2::CELL,
+                                                                                          CELL // 2::CELL]
+        digits = np.bincount(truth[truth > 0].astype(np.int64) - 1, minlength=10)
+        clusters = slide["clusters"].values()
+        assert sum(c["patches"] for c in clusters) == slide["scores"]["patches"]["num_patches"] == digits.sum()
+        per_digit = np.zeros(10, np.int64)
+        for c in clusters:
+            for d, n in c["digits"].items():
+                per_digit[int(d)] += n
+        assert (per_digit == digits).all()
+    assert result["test_patch_accuracy"] == result["slides"]["test"]["scores"]["patches"]["accuracy"]
+    assert result["count_accuracy"]["held_out_regions_last"] is not None
+    assert result["refine"]["rounds"] and result["recipe"] == recipe

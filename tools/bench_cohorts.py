@@ -104,10 +104,11 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
     if reused:
         timings = json.loads((run / "timings.json").read_text()) if (run / "timings.json").exists() else timings
     else:
-        if run.exists():
+        resume = args.resume and (run / "checkpoint.pt").exists() and not built["made"]
+        if run.exists() and not resume:
             shutil.rmtree(run)
         start = time.perf_counter()
-        train_run(cfg, run, progress=sys.stderr.isatty())
+        train_run(cfg, run, resume=resume, progress=sys.stderr.isatty())
         timings["train_ucc_s"] = time.perf_counter() - start
         if cfg.refine.steps:
             refine_run(run, progress=sys.stderr.isatty())
@@ -202,6 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reuse-run", action="store_true",
                         help="score the cell's finished run of this seed again instead of training it (same cached "
                              "slides only)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the cell's interrupted run of this seed from its last checkpoint (same cached "
+                             "slides only; the result equals an uninterrupted run)")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: table and plot only")
     args = parser.parse_args(argv)
     try:
