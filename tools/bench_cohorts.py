@@ -144,6 +144,11 @@ def _plain(value: object) -> object:
     return value.item() if isinstance(value, np.generic) else str(value)
 
 
+def _two(value: float | None) -> str:
+    """``0.78`` for a number, ``-`` when the log had none."""
+    return "-" if value is None else f"{value:.2f}"
+
+
 def summarise(out_dir: Path, plot: Path | None) -> list[dict]:
     """One row per ``cohort-<cell>.json`` in ``out_dir``: print the markdown table, write the summary and plot."""
     rows = []
@@ -166,7 +171,7 @@ def summarise(out_dir: Path, plot: Path | None) -> list[dict]:
     for row in rows:
         c = row["count_accuracy"]
         print(f"| {row['cell']} | {row['seed']} | {row['test_patch_accuracy']:.4f} | {row['val_patch_accuracy']:.4f} "
-              f"| {row['test_nmi']:.4f} | {c['train_regions_last']:.2f} / {c['held_out_regions_last']:.2f} "
+              f"| {row['test_nmi']:.4f} | {_two(c['train_regions_last'])} / {_two(c['held_out_regions_last'])} "
               f"| {', '.join(map(str, row['digits_without_own_cluster'])) or '-'} |")
     if plot is not None and rows:
         import matplotlib
@@ -200,10 +205,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=None, help="training seed (default: the config's)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "results")
     parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "img" / "cohort-grid.png")
-    parser.add_argument("--reuse-run", action="store_true",
+    again = parser.add_mutually_exclusive_group()
+    again.add_argument("--reuse-run", action="store_true",
                         help="score the cell's finished run of this seed again instead of training it (same cached "
                              "slides only)")
-    parser.add_argument("--resume", action="store_true",
+    again.add_argument("--resume", action="store_true",
                         help="continue the cell's interrupted run of this seed from its last checkpoint (same cached "
                              "slides only; the result equals an uninterrupted run)")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: table and plot only")
