@@ -41,19 +41,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
-from pyramid import pyramid_downsamples, write_pyramid_tiff  # tools/pyramid.py
+from digit_slide_parts import DIGIT, displacement, jittered_seeds, training_digits, write_slide_and_mask
 
 from pathoucc.errors import PathouccError
 from pathoucc.files import atomic_path
-
-TISSUE = np.array([238, 176, 214], np.float32)  # pink eosin-like background
-INK = np.array([88, 32, 128], np.float32)  # dark purple haematoxylin-like ink
-DIGIT = 28
 
 
 def make_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 64), cell: int = 32,
@@ -77,7 +71,7 @@ def make_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 64), 
         raise PathouccError(f"ucc_range {ucc_range} must satisfy 1 <= lo <= hi <= min(10, region_cells^2)")
     if mask_downsample < 1 or cell % mask_downsample:
         raise PathouccError(f"mask_downsample {mask_downsample} must divide the cell size {cell}")
-    images, digit_labels = _training_digits(source, data_dir, split)
+    images, digit_labels = training_digits(source, data_dir, split)
     rng = np.random.default_rng(seed)
 
     # class of every cell, region by region; then one random training image of that class per cell
@@ -98,7 +92,7 @@ def make_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 64), 
         where = classes == c
         picks[where] = rng.choice(by_class[c], size=int(where.sum()))
 
-    _write_slide_and_mask(out_path, images, picks, classes, margin, cell, mpp, mask_downsample)
+    write_slide_and_mask(out_path, images, picks, classes, margin, cell, mpp, mask_downsample)
     mask_path = out_path.with_name(f"{out_path.stem}_mask.png")
 
     with atomic_path(out_path.with_name(f"{out_path.stem}_regions.csv")) as tmp, tmp.open("w", newline="") as f:
@@ -115,7 +109,8 @@ def make_blob_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 
                           split: str = "train", blob_cells: float = 14.0, region_cells: float = 9.0,
                           blank_fraction: float = 0.12, min_region_patches: int = 16, source: str = "mnist",
                           data_dir: str | Path = "data", seed: int = 0, mpp: float = 0.5, margin_cells: int = 4,
-                          mask_downsample: int = 1) -> dict:
+                          mask_downsample: int = 1, layout: str = "blobs",
+                          ucc_range: tuple[int, int] | None = None) -> dict:
     """A held-out-ready digit slide: smooth class blobs, blank areas, and count-only polygon regions.
 
     Each cell of the ``grid`` (rows, cols) holds one MNIST digit of ``split`` (``train`` for the training slide,
@@ -131,6 +126,13 @@ def make_blob_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 
     Writes ``<name>.tif`` (pyramidal TIFF), ``<name>_mask.png`` (ground truth: digit + 1 per cell, 0 = glass or
     margin) and ``<name>_regions.geojson`` (one Polygon/MultiPolygon per region, ``properties.ucc`` and ``name``,
     level-0 px). Returns the paths and a summary (number of regions, patches per region, ucc histogram).
+
+    ``layout="intermixed"`` keeps the glass blobs and the regions but mixes the classes within each region at
+    random: a region of n digit cells draws its count k uniformly from ``ucc_range`` (at most n), k distinct
+    classes, one cell of each and the other n - k cells among them at random; cells in no region get any class.
+    ``ucc_range`` (blobs) leaves out the regions whose count lies outside it (``None``: keep all; intermixed: the
+    counts drawn, default (1, 4)). ``split="val"`` draws the last 10 000 MNIST training images, none of which
+    lies on a ``train`` slide.
     """
     import shapely
     from PIL import Image
@@ -143,20 +145,24 @@ def make_blob_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 
         raise PathouccError("need grid >= 2x2, cell >= 8, 0 <= blank_fraction < 1, blob_cells and region_cells > 1")
     if mask_downsample < 1 or cell % mask_downsample:
         raise PathouccError(f"mask_downsample {mask_downsample} must divide the cell size {cell}")
+    if layout not in ("blobs", "intermixed"):
+        raise PathouccError(f"unknown layout {layout!r} (use blobs or intermixed)")
+    if ucc_range is not None and not 1 <= ucc_range[0] <= ucc_range[1] <= 10:
+        raise PathouccError(f"ucc_range {ucc_range} must satisfy 1 <= lo <= hi <= 10")
     rng = np.random.default_rng(seed)
 
     # classes: nearest blob seed of each (bent) cell centre; -1 = glass
     centres = np.stack(np.meshgrid(np.arange(cols) + 0.5, np.arange(rows) + 0.5), axis=-1).reshape(-1, 2)
-    seeds = _jittered_seeds(rng, rows, cols, blob_cells)
+    seeds = jittered_seeds(rng, rows, cols, blob_cells)
     seed_class = rng.integers(0, 10, len(seeds))
     seed_class[rng.random(len(seeds)) < blank_fraction] = -1
-    bend = _displacement(rng, rows, cols, blob_cells, steepness=1.2)  # folds are harmless here: more irregular
+    bend = displacement(rng, rows, cols, blob_cells, steepness=1.2)  # folds are harmless here: more irregular
     nearest = np.argmin(((bend(centres)[:, None, :] - seeds[None]) ** 2).sum(-1), axis=1)
     classes = seed_class[nearest].reshape(rows, cols)
 
     # regions: bent Voronoi cells of other seeds, in level-0 pixels
-    region_seeds = _jittered_seeds(rng, rows, cols, region_cells)
-    bend_regions = _displacement(rng, rows, cols, region_cells)
+    region_seeds = jittered_seeds(rng, rows, cols, region_cells)
+    bend_regions = displacement(rng, rows, cols, region_cells)
     frame = shapely.box(0, 0, cols, rows)
     polygons = []
     for poly in shapely.get_parts(shapely.voronoi_polygons(shapely.MultiPoint(region_seeds), extend_to=frame)):
@@ -170,12 +176,17 @@ def make_blob_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 
     digit = flat >= 0
     regions = [CountRegion(k, None, 1, None, g) for k, g in enumerate(polygons)]
     member, _ = assign_patches(regions, coords[digit], cell)  # raises if two regions share a patch centre
+    if layout == "intermixed":
+        flat = _intermix(rng, flat, digit, member, len(polygons), ucc_range or (1, 4))
+        classes = flat.reshape(rows, cols)
     features, sizes, uccs = [], [], []
     for k, geom in enumerate(polygons):
         inside = flat[digit][member == k]
         if len(inside) < min_region_patches:
             continue
         ucc = len(np.unique(inside))
+        if ucc_range is not None and not ucc_range[0] <= ucc <= ucc_range[1]:
+            continue
         features.append({"type": "Feature", "geometry": shapely.geometry.mapping(geom),
                          "properties": {"objectType": "annotation", "name": f"region {len(features)}", "ucc": ucc}})
         sizes.append(len(inside))
@@ -184,7 +195,7 @@ def make_blob_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 
         raise PathouccError("no region holds enough digit cells; use a larger grid or smaller min_region_patches")
 
     # pixels: one random digit of the cell's class, upscaled to the cell
-    images, labels = _training_digits(source, data_dir, split)
+    images, labels = training_digits(source, data_dir, split)
     picks = np.full(rows * cols, -1, np.int64)
     for c in range(10):
         where = np.flatnonzero(flat == c)
@@ -194,7 +205,7 @@ def make_blob_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 
                        for i in used]).astype(np.uint8)
     inner = np.full(rows * cols, -1, np.int64)
     inner[digit] = local.ravel()
-    _write_slide_and_mask(out_path, scaled, inner.reshape(rows, cols), classes, margin_cells, cell, mpp,
+    write_slide_and_mask(out_path, scaled, inner.reshape(rows, cols), classes, margin_cells, cell, mpp,
                           mask_downsample)
     mask_path = out_path.with_name(f"{out_path.stem}_mask.png")
     geojson_path = out_path.with_name(f"{out_path.stem}_regions.geojson")
@@ -206,161 +217,34 @@ def make_blob_digit_slide(out_path: str | Path, *, grid: tuple[int, int] = (64, 
             "digit_cells": int(digit.sum()), "cells_in_regions": int(sum(sizes)), "split": split}
 
 
-def _jittered_seeds(rng: np.random.Generator, rows: int, cols: int, spacing: float) -> np.ndarray:
-    """Points (x, y) in cell units about ``spacing`` apart: a grid jittered by up to 40 % of the spacing."""
-    xs = np.arange(spacing / 2 - spacing, cols + spacing, spacing)
-    ys = np.arange(spacing / 2 - spacing, rows + spacing, spacing)
-    points = np.stack(np.meshgrid(xs, ys), axis=-1).reshape(-1, 2)
-    return points + rng.uniform(-0.4, 0.4, points.shape) * spacing
+def _intermix(rng: np.random.Generator, flat: np.ndarray, digit: np.ndarray, member: np.ndarray, regions: int,
+              ucc_range: tuple[int, int]) -> np.ndarray:
+    """Classes (rows * cols,) with each region's digit cells mixed at random among k classes, -1 (glass) kept.
 
-
-def _displacement(rng: np.random.Generator, rows: int, cols: int, scale: float, steepness: float = 0.45):
-    """A smooth random map (x, y) -> (x, y) + d(x, y) that bends shapes without folding them.
-
-    d varies over about ``scale`` cells and is scaled so that no partial derivative exceeds ``steepness``
-    (bilinear interpolation keeps that bound between grid points). With the default 0.45 the Jacobian's
-    determinant stays above 0.1: the map is one-to-one and neighbouring polygons bent by it never overlap."""
-    from scipy import ndimage
-
-    pad = int(np.ceil(2 * scale))
-    field = rng.normal(size=(2, rows + 2 * pad, cols + 2 * pad))
-    field = np.stack([ndimage.gaussian_filter(f, scale / 2, mode="wrap") for f in field])
-    steepest = max(float(np.abs(np.diff(field, axis=a)).max()) for a in (1, 2))
-    field *= steepness / max(steepest, 1e-9)
-
-    def apply(points: np.ndarray) -> np.ndarray:
-        points = np.asarray(points, np.float64).reshape(-1, 2)
-        at = [points[:, 1] + pad - 0.5, points[:, 0] + pad - 0.5]  # (row, col) in the field's grid
-        d = np.stack([ndimage.map_coordinates(f, at, order=1, mode="nearest") for f in field], axis=1)
-        return points + d
-
-    return apply
-
-
-class _Renderer:
-    """Pixels of any level of the digit slide, computed from the cell table (nothing is pre-rendered)."""
-
-    def __init__(self, images: np.ndarray, index: np.ndarray, cell: int) -> None:
-        self.images, self.index, self.cell = images, index, cell
-        self.size = images.shape[1]  # 28 (centred in the cell), or the cell size (upscaled digits)
-        self.off = (cell - self.size) // 2
-        self._tables: dict[int, np.ndarray] = {}
-        self._coarse: dict[int, np.ndarray] = {}
-
-    def __call__(self, ds: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        cell = self.cell
-        if cell % ds == 0:
-            return self._fine(ds, x, y, w, h)
-        if ds % cell == 0:
-            return self._coarse_level(ds)[y:y + h, x:x + w]
-        from PIL import Image  # uneven ratio: render level 0 and shrink
-
-        full = self._fine(1, x * ds, y * ds, w * ds, h * ds)
-        return np.asarray(Image.fromarray(full).resize((w, h), Image.Resampling.BOX))
-
-    def _alpha(self, ds: int, picks: np.ndarray) -> np.ndarray:
-        """Ink coverage (n, cell/ds, cell/ds) float32 in [0, 1] of training images ``picks`` at downsample ds."""
-        cs = self.cell // ds
-        if ds == 1:
-            out = np.zeros((len(picks), cs, cs), np.float32)
-            out[:, self.off:self.off + self.size, self.off:self.off + self.size] = self.images[picks] / 255.0
-            return out
-        if ds not in self._tables:  # every training image at this downsample, built 4096 images at a time
-            table = np.empty((len(self.images), cs, cs), np.uint8)
-            for a in range(0, len(self.images), 4096):
-                padded = np.zeros((len(self.images[a:a + 4096]), self.cell, self.cell), np.float32)
-                padded[:, self.off:self.off + self.size, self.off:self.off + self.size] = self.images[a:a + 4096]
-                table[a:a + 4096] = np.rint(padded.reshape(-1, cs, ds, cs, ds).mean(axis=(2, 4)))
-            self._tables[ds] = table
-        return self._tables[ds][picks] / np.float32(255.0)
-
-    def _fine(self, ds: int, x: int, y: int, w: int, h: int) -> np.ndarray:
-        cs = self.cell // ds
-        c0, c1 = x // cs, (x + w - 1) // cs + 1
-        r0, r1 = y // cs, (y + h - 1) // cs + 1
-        idx = self.index[r0:r1, c0:c1]
-        nr, nc = idx.shape
-        alpha = self._alpha(ds, np.maximum(idx, 0).ravel()).reshape(nr, nc, cs, cs)
-        alpha = alpha.transpose(0, 2, 1, 3).reshape(nr * cs, nc * cs, 1)
-        rgb = TISSUE + (INK - TISSUE) * alpha
-        white = np.repeat(np.repeat(idx < 0, cs, axis=0), cs, axis=1)
-        rgb[white] = 255.0
-        oy, ox = y - r0 * cs, x - c0 * cs
-        return np.rint(rgb[oy:oy + h, ox:ox + w]).astype(np.uint8)
-
-    def _coarse_level(self, ds: int) -> np.ndarray:
-        """Whole level for ds >= cell: mean colour of each cell, box-averaged ds/cell cells per pixel."""
-        if ds not in self._coarse:
-            f = ds // self.cell
-            coverage = self.images.reshape(len(self.images), -1).sum(axis=1) / (255.0 * self.cell**2)
-            cell_rgb = TISSUE + (INK - TISSUE) * coverage[np.maximum(self.index, 0)][..., None].astype(np.float32)
-            cell_rgb[self.index < 0] = 255.0
-            h, w = self.index.shape[0] // f, self.index.shape[1] // f
-            level = cell_rgb[:h * f, :w * f].reshape(h, f, w, f, 3).mean(axis=(1, 3))
-            self._coarse[ds] = np.rint(level).astype(np.uint8)
-        return self._coarse[ds]
-
-
-def _training_digits(source: str, data_dir: str | Path, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """(N, 28, 28) uint8 white-on-black digits and (N,) labels of one MNIST split: ``train`` (the 50 000 training
-    images, validation excluded) or ``test`` (the official 10 000 test images). ``digits`` has no split."""
-    if source == "mnist":
-        from pathoucc.data.mnist import load_mnist
-
-        images, labels = load_mnist(data_dir)[split]
-        return np.ascontiguousarray(images, np.uint8), np.asarray(labels, np.int64)
-    if source == "digits":
-        from PIL import Image
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        out = np.zeros((len(digits.images), DIGIT, DIGIT), np.uint8)
-        for i, img in enumerate(digits.images):
-            big = Image.fromarray(np.clip(img * 16, 0, 255).astype(np.uint8)).resize((24, 24), Image.BILINEAR)
-            out[i, 2:26, 2:26] = np.asarray(big)
-        return out, np.asarray(digits.target, np.int64)
-    raise PathouccError(f"unknown digit source {source!r} (use mnist or digits)")
-
-
-def _write_slide_and_mask(out_path: Path, images: np.ndarray, picks: np.ndarray, classes: np.ndarray, margin: int,
-                          cell: int, mpp: float, mask_downsample: int) -> None:
-    """Write the pyramidal slide (``picks`` (rows, cols): image per cell, -1 white, inside a white margin of
-    ``margin`` cells) and its ``<stem>_mask.png`` (class + 1 per cell, 0 outside)."""
-    rows, cols = picks.shape
-    index = np.full((rows + 2 * margin, cols + 2 * margin), -1, np.int64)
-    index[margin:margin + rows, margin:margin + cols] = picks
-    level0 = (index.shape[1] * cell, index.shape[0] * cell)
-    write_pyramid_tiff(out_path, level0, _Renderer(images, index, cell), mpp=mpp,
-                       downsamples=pyramid_downsamples(level0))
-    mask_values = np.zeros(index.shape, np.uint8)
-    mask_values[margin:margin + rows, margin:margin + cols] = classes + 1
-    _write_png_cells(out_path.with_name(f"{out_path.stem}_mask.png"), mask_values, cell // mask_downsample)
-
-
-def _write_png_cells(path: Path, values: np.ndarray, px: int) -> None:
-    """Write ``values`` (rows, cols) uint8 as a grayscale PNG with each value a ``px`` x ``px`` square, streaming."""
-    height, width = values.shape[0] * px, values.shape[1] * px
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    with atomic_path(path) as tmp, tmp.open("wb") as f:
-        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)))
-        comp = zlib.compressobj(6)
-        for row in values:
-            line = b"\x00" + np.repeat(row, px).tobytes()  # filter type 0 + one pixel row
-            data = comp.compress(line * px)
-            if data:
-                f.write(chunk(b"IDAT", data))
-        f.write(chunk(b"IDAT", comp.flush()) + chunk(b"IEND", b""))
+    ``digit`` marks the non-glass cells, ``member`` (digit.sum(),) is the region of each (-1 = none)."""
+    out = flat.copy()
+    cells = np.flatnonzero(digit)
+    out[cells[member < 0]] = rng.integers(0, 10, int((member < 0).sum()))
+    for k in range(regions):
+        inside = cells[member == k]
+        if not len(inside):
+            continue
+        count = min(int(rng.integers(ucc_range[0], ucc_range[1] + 1)), len(inside))
+        chosen = rng.choice(10, size=count, replace=False)
+        drawn = np.concatenate([chosen, rng.choice(chosen, size=len(inside) - count)])
+        rng.shuffle(drawn)
+        out[inside] = drawn
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("out", type=Path, help="output .tif (mask and regions are written next to it)")
-    parser.add_argument("--layout", choices=("regions", "blobs"), default="regions",
-                        help="regions: square regions of chosen ucc (CSV); blobs: class blobs + polygon GeoJSON")
-    parser.add_argument("--split", choices=("train", "test"), default="train", help="MNIST digits to draw")
+    parser.add_argument("--layout", choices=("regions", "blobs", "intermixed"), default="regions",
+                        help="regions: square regions of chosen ucc (CSV); blobs: class blobs + polygon GeoJSON; "
+                             "intermixed: the blobs' glass and polygons, classes mixed at random in each region")
+    parser.add_argument("--split", choices=("train", "val", "test"), default="train",
+                        help="MNIST digits to draw: train (50 000), val (the other 10 000 training images), test")
     parser.add_argument("--grid", type=int, nargs=2, default=(64, 64), metavar=("ROWS", "COLS"))
     parser.add_argument("--cell", type=int, default=32, help="cell side in level-0 px (default 32)")
     parser.add_argument("--region-cells", type=float, default=None,
@@ -368,7 +252,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--blob-cells", type=float, default=14.0, help="blobs: spacing of class blob seeds")
     parser.add_argument("--blank-fraction", type=float, default=0.12, help="blobs: share of blank glass blobs")
     parser.add_argument("--min-region-patches", type=int, default=16, help="blobs: smaller regions are dropped")
-    parser.add_argument("--ucc-range", type=int, nargs=2, default=(1, 4), metavar=("MIN", "MAX"))
+    parser.add_argument("--ucc-range", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                        help="regions/intermixed: counts drawn (default 1 4); blobs: regions outside are dropped")
     parser.add_argument("--source", choices=("mnist", "digits"), default="mnist")
     parser.add_argument("--data-dir", type=Path, default=Path("data"))
     parser.add_argument("--seed", type=int, default=0)
@@ -376,16 +261,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--mask-downsample", type=int, default=1, help="level-0 px per mask px (divides --cell)")
     args = parser.parse_args(argv)
     try:
-        if args.layout == "blobs":
+        if args.layout in ("blobs", "intermixed"):
             summary = make_blob_digit_slide(
                 args.out, grid=tuple(args.grid), cell=args.cell, split=args.split, blob_cells=args.blob_cells,
                 region_cells=args.region_cells or 9.0, blank_fraction=args.blank_fraction,
                 min_region_patches=args.min_region_patches, source=args.source, data_dir=args.data_dir,
-                seed=args.seed, mpp=args.mpp, mask_downsample=args.mask_downsample)
+                seed=args.seed, mpp=args.mpp, mask_downsample=args.mask_downsample, layout=args.layout,
+                ucc_range=tuple(args.ucc_range) if args.ucc_range else None)
             print(json.dumps({k: str(v) if isinstance(v, Path) else v for k, v in summary.items()}))
             return
         slide, mask = make_digit_slide(args.out, grid=tuple(args.grid), cell=args.cell,
-                                       region_cells=int(args.region_cells or 8), ucc_range=tuple(args.ucc_range),
+                                       region_cells=int(args.region_cells or 8),
+                                       ucc_range=tuple(args.ucc_range or (1, 4)),
                                        source=args.source, data_dir=args.data_dir, seed=args.seed, mpp=args.mpp,
                                        mask_downsample=args.mask_downsample, split=args.split)
     except PathouccError as exc:
