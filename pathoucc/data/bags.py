@@ -166,9 +166,9 @@ class RegionBagSampler:
 
     With ``subsets`` > 0, each region of more than ``bag_size`` instances also gives that many extra bags: random
     subsets of ``bag_size`` of the region's instances, which share the region's encoded instances (no extra
-    encoder cost). Their label is their own count when patch labels are known, else the region's count as an
-    **upper bound** (``BagBatch.upper``; the loss then asks only for ``P(ucc <= count)``) -- a subset of a
-    count-only region can miss a class, never gain one.
+    encoder cost). Their label is the region's count as an **upper bound** (``BagBatch.upper``; the loss then asks
+    only for ``P(ucc <= count)``) -- a subset of a region can miss a class, never gain one. Patch labels are never
+    read: a region's count is all the sampler knows, whether the tile file holds patch labels or not.
 
     Parameters
     ----------
@@ -176,19 +176,16 @@ class RegionBagSampler:
         Region of every instance (-1: in no region).
     region_count : (R,) int array
         Unique class count of every region.
-    labels : (N,) int array or None
-        Instance classes (-1 unknown), used only to count the classes of a subset.
     subsets : int
         Extra subset bags per region.
     """
 
     def __init__(self, region: np.ndarray, region_count: np.ndarray, bag_size: int, ucc_min: int = 1,
-                 ucc_max: int = 4, seed: int = 0, labels: np.ndarray | None = None,
-                 instances_per_batch: int | None = None, subsets: int = 0) -> None:
+                 ucc_max: int = 4, seed: int = 0, instances_per_batch: int | None = None,
+                 subsets: int = 0) -> None:
         region, region_count = np.asarray(region), np.asarray(region_count)
         self.bag_size, self.ucc_min, self.ucc_max, self.seed = bag_size, ucc_min, ucc_max, seed
         self.instances_per_batch, self.subsets = instances_per_batch, subsets
-        self.labels = None if labels is None else np.asarray(labels)
         order = np.argsort(region, kind="stable")
         bounds = np.searchsorted(region[order], np.arange(len(region_count) + 1))
         self._regions: dict[int, list[np.ndarray]] = {}
@@ -227,7 +224,7 @@ class RegionBagSampler:
         parts, bags, uccs, upper, total = [], [], [], [], 0
         for u in _balanced(rng, self._values, num_bags):
             regions = self._regions[int(u)]
-            bag, ucc = self._bag(rng, regions[rng.integers(len(regions))], int(u))
+            bag, ucc = regions[rng.integers(len(regions))], int(u)
             if parts and self.instances_per_batch and total + len(bag) > self.instances_per_batch:
                 break
             parts.append(bag)
@@ -243,27 +240,12 @@ class RegionBagSampler:
         return BagBatch(np.concatenate(parts).astype(np.int64), members, mask, np.array(uccs, np.int64),
                         np.array(upper) if self.subsets else None)
 
-    def _bag(self, rng: np.random.Generator, members: np.ndarray, ucc: int) -> tuple[np.ndarray, int]:
-        if len(members) <= self.bag_size or not self._labelled(members):
-            return members, ucc
-        subset = rng.choice(members, self.bag_size, replace=False)
-        own = len(np.unique(self.labels[subset]))
-        return (subset, own) if own >= self.ucc_min else (members, ucc)
-
-    def _labelled(self, members: np.ndarray) -> bool:
-        return self.labels is not None and bool((self.labels[members] >= 0).all())
-
     def _subsets(self, rng: np.random.Generator, bag: np.ndarray, ucc: int):
         """``subsets`` random subsets of ``bag_size`` positions in ``bag``, each ``(positions, ucc, is_upper)``."""
         if len(bag) <= self.bag_size:
             return
-        labelled = self._labelled(bag)
         for _ in range(self.subsets):
-            pick = np.sort(rng.choice(len(bag), self.bag_size, replace=False))
-            if not labelled:
-                yield pick, ucc, True
-            elif (own := len(np.unique(self.labels[bag[pick]]))) >= self.ucc_min:
-                yield pick, own, False
+            yield np.sort(rng.choice(len(bag), self.bag_size, replace=False)), ucc, True
 
 
 def create_bag_sampler(pool, bag_size: int, ucc_min: int, ucc_max: int, seed: int,
@@ -272,7 +254,7 @@ def create_bag_sampler(pool, bag_size: int, ucc_min: int, ucc_max: int, seed: in
     """Regions given by the data when the pool has them (with ``region_subsets`` subset bags each), else bags
     built from the instance labels."""
     if pool.region is not None and pool.region_count is not None:
-        return RegionBagSampler(pool.region, pool.region_count, bag_size, ucc_min, ucc_max, seed, pool.labels,
+        return RegionBagSampler(pool.region, pool.region_count, bag_size, ucc_min, ucc_max, seed,
                                 instances_per_batch, region_subsets)
     known = pool.labels >= 0
     if not known.all():

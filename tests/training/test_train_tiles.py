@@ -74,3 +74,47 @@ def test_tiles_without_regions_cannot_train(tiles: dict[str, Path]) -> None:
         load_pools(DataConfig(source="tiles", train_tiles=[str(tiles["plain"])]), ("train",))
     with pytest.raises(PathouccError, match="train_tiles is empty"):
         load_pools(DataConfig(source="tiles"), ("train",))
+
+
+def test_training_never_sees_the_patch_labels_of_count_only_tiles(digit_slide, tmp_path: Path) -> None:
+    """Count-only regions (a CSV of boxes with counts) trained with and without true patch labels in the tile
+    file: UCC training and refinement end in identical weights, so the labels can only ever be used to score."""
+    import shutil
+
+    import h5py
+    import torch
+    from slide_fixtures import cell_class
+
+    from pathoucc.pipeline import refine_run
+    from pathoucc.run import MODEL, MODEL_UCC, read_weights
+
+    plain = tile_slide(digit_slide["slide"], tmp_path / "plain", patch_size=CELL, stride=CELL, level=0,
+                       annotations=digit_slide["csv"], workers=1)
+    labelled = tmp_path / "labelled" / plain.name
+    labelled.parent.mkdir()
+    shutil.copy(plain, labelled)
+    with h5py.File(labelled, "r+") as f:
+        truth = np.array([cell_class(digit_slide["cells"], int(x), int(y)) for x, y in f["coords"][:]], np.int64)
+        assert (f["labels"][:] == -1).all() and (truth >= 0).sum() > 100  # count-only: no label until we add them
+        del f["labels"]
+        f.create_dataset("labels", data=truth)
+    weights = []
+    for tiles in (plain, labelled):
+        cfg = config_from_dict({
+            "name": "count-only", "seed": 1,
+            "data": {"source": "tiles", "train_tiles": [str(tiles)], "val_fraction": 0.25},
+            "bags": {"bag_size": 8, "bags_per_batch": 2, "ucc_min": 1, "ucc_max": 4, "region_subsets": 2},
+            "model": {"backbone": "conv", "widths": [8], "in_chans": 3, "input_size": CELL, "num_features": 4,
+                      "mlp": [16]},
+            "train": {"steps": 3, "val_every": 3, "checkpoint_every": 3, "log_every": 1, "val_bags": 2},
+            "refine": {"steps": 3, "rounds": 1, "batch_size": 16},
+            "eval": {"n_init": 1, "batch_size": 64, "k": 4},
+        })
+        run = tmp_path / f"run-{tiles.parent.name}"
+        refine_run(train_ucc(cfg, run, progress=False))
+        weights.append({name: read_weights(run / name, "model")["model"] for name in (MODEL_UCC, MODEL)})
+    for name in (MODEL_UCC, MODEL):
+        a, b = weights[0][name], weights[1][name]
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{name}: {key}")
