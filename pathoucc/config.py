@@ -51,13 +51,12 @@ class BagsConfig(_Section):
 
     ``instances_per_batch``: with labelled instances (MNIST, IDX), the bags of a step share this many distinct
     instances (each encoded once), so ``bags_per_batch`` can be large at little cost; unset, every bag has
-    instances of its own. With regions (tiles), a step's regions hold at most this many instances in all. Regions
-    larger than ``bag_size`` are subsampled only when their patch labels are known (the bag is then labelled with
-    its own count); count-only regions are always whole bags. ``region_subsets``: each region larger than
-    ``bag_size`` also gives this many random subsets of ``bag_size`` of its instances as extra bags (no extra
-    encoder cost), labelled with their own count when patch labels are known, else with the region's count as an
-    upper bound (the loss asks for ``P(ucc <= count)``); validation bags stay whole regions. On count-only regions
-    the bound was measured to hurt (it rewards merging classes; docs/benchmarks.md), hence 0 by default."""
+    instances of its own. With regions (tiles), a step's regions hold at most this many instances in all, every
+    region is one whole bag labelled with its count, and patch labels are never read (only to score).
+    ``region_subsets``: each region larger than ``bag_size`` also gives this many random subsets of ``bag_size`` of
+    its instances as extra bags (no extra encoder cost), labelled with the region's count as an upper bound (the
+    loss asks for ``P(ucc <= count)``); validation bags stay whole regions. The bound was measured to hurt on
+    count-only regions (it rewards merging classes; docs/benchmarks.md), hence 0 by default."""
 
     bag_size: int = Field(32, ge=1)
     bags_per_batch: int = Field(20, ge=1)
