@@ -175,6 +175,9 @@ def refine_model(model: UCCModel, cfg: Config, pool: InstancePool | StreamingPoo
     index = np.flatnonzero(pool.region >= 0)
     if len(index) < k:
         raise PathouccError(f"refine: only {len(index)} patches in count-labelled regions for k={k} clusters")
+    if (over := int((pool.region_count > k).sum())) and world.main:  # kept: their patches keep all k clusters
+        log.warning("refine: %d of %d regions count more classes than the k=%d clusters; their patches keep their "
+                    "nearest cluster (set eval.k to at least the largest count)", over, len(pool.region_count), k)
     augment = build_augment(cfg.data.augment, cfg.seed)
     known = pool.labels[index] >= 0
     rounds: list[dict[str, Any]] = json.loads(resume["rounds"]) if resume is not None else []

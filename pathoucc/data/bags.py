@@ -119,6 +119,11 @@ class BagSampler:
         """Number of distinct ucc values (the classifier's output size)."""
         return self.ucc_max - self.ucc_min + 1
 
+    @property
+    def counts(self) -> np.ndarray:
+        """The counts the bags are drawn with (every value in [ucc_min, ucc_max])."""
+        return np.arange(self.ucc_min, self.ucc_max + 1)
+
     def sample(self, step: int, num_bags: int) -> BagBatch:
         """The ``num_bags`` bags of ``step`` (the same for the same seed and step)."""
         rng = np.random.default_rng((self.seed, step))
@@ -212,6 +217,11 @@ class RegionBagSampler:
     def num_ucc(self) -> int:
         """Number of distinct ucc values (the classifier's output size)."""
         return self.ucc_max - self.ucc_min + 1
+
+    @property
+    def counts(self) -> np.ndarray:
+        """The distinct counts of the regions used as bags, ascending."""
+        return self._values
 
     @property
     def num_regions(self) -> int:

@@ -137,6 +137,9 @@ def prepare_ucc(cfg: Config, pools: dict[str, InstancePool | StreamingPool | Non
                        if val_pool is not None and len(val_pool) else None)
     except ValueError as exc:
         raise PathouccError(f"cannot build bags: {exc}") from None
+    if len(sampler.counts) < 2:  # one count for every bag: the count classifier has nothing to tell apart
+        raise PathouccError(f"every training bag has count {int(sampler.counts[0])}: counts that never differ teach "
+                            "nothing; give regions of at least two different counts")
     # fixed validation bags: ceil(val_bags / bags_per_batch) batches drawn once
     val_batches = [] if val_sampler is None else [
         val_sampler.sample(i, min(bags.bags_per_batch, train.val_bags - i * bags.bags_per_batch))

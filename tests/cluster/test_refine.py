@@ -308,3 +308,20 @@ def test_interrupted_refinement_resumes_to_the_same_weights(monkeypatch, region_
                 for r in json.loads((run / "refine.json").read_text())["rounds"]]
 
     assert summary(tmp_path / "full") == summary(tmp_path / "stopped")
+
+
+def test_regions_counting_more_classes_than_k_are_a_logged_count(digits, caplog) -> None:
+    """A region whose count exceeds the clusters the run can find keeps all of them (its patches keep their
+    nearest cluster); the refinement says how many such regions there are and goes on."""
+    images, labels = digits
+    region = np.repeat(np.arange(10), 20)
+    counts = np.array([1, 2, 3, 4, 5, 1, 2, 5, 2, 1])  # two regions count 5 > k = 4
+    pool = InstancePool(images[:200], labels[:200], region, counts)
+    cfg = config_from_dict({"data": {"source": "tiles"}, "refine": {"steps": 2, "batch_size": 16},
+                            "model": {"in_chans": 1, "input_size": 8, "widths": [8], "mlp": [4], "num_features": 4},
+                            "eval": {"n_init": 1}})
+    model = create_model(cfg.model, 2)
+    with caplog.at_level("WARNING", logger="pathoucc.cluster.refine"):
+        summary = refine_model(model, cfg, pool, k=4)
+    assert len(summary["rounds"]) == 1
+    assert "2 of 10 regions count more classes than the k=4 clusters" in caplog.text

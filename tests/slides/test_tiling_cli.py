@@ -13,7 +13,7 @@ from pathoucc.slides.tilefile import open_tiles
 def test_cli_tiles_the_digit_slide_with_its_mask(digit_slide, tmp_path):
     out = tmp_path / "tiles"
     proc = run_tile(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--stride", CELL, "--level", 0,
-               "--region-size", 256, "--mask", digit_slide["mask"], "--workers", 2)
+                    "--region-size", 256, "--mask", digit_slide["mask"], "--workers", 2)
     assert proc.returncode == 0, proc.stderr
     tiles = open_tiles(out / "digits.h5")
     assert tiles.num_patches == GRID[0] * GRID[1] and tiles.num_regions == 4

@@ -41,7 +41,7 @@ def test_cli_count_only_regions_become_bags(digit_slide, tmp_path):
     geojson = write(tmp_path, REGIONS)
     out = tmp_path / "tiles"
     proc = run_tile(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--level", 0, "--geojson", geojson,
-               "--classes", "a,b,c")
+                    "--classes", "a,b,c")
     assert proc.returncode == 0, proc.stderr
     warnings = proc.stderr.strip().splitlines()
     assert len(warnings) == 3 and all(w.startswith("warning: digits.tif: digits.geojson: ") for w in warnings)
@@ -102,7 +102,7 @@ def test_cli_bad_count_regions_are_one_line_and_write_nothing(digit_slide, tmp_p
     geojson = _bad(case, tmp_path)
     out = tmp_path / "out"
     proc = run_tile(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--level", 0, "--geojson", geojson,
-               "--classes", "a,b,c")
+                    "--classes", "a,b,c")
     assert proc.returncode == 2, proc.stdout
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {geojson}: ") and "Traceback" not in proc.stderr
@@ -114,7 +114,7 @@ def test_region_with_fewer_patches_than_its_count_is_a_counted_skip(digit_slide,
     small = feature([square(600, 256, 664, 288)], ucc=3, name="small")  # 2 patches cannot show 3 classes
     geojson = write(tmp_path, [small, REGIONS[0]])
     proc = run_tile(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
-               "--geojson", geojson, "--classes", "a,b,c")
+                    "--geojson", geojson, "--classes", "a,b,c")
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.strip().splitlines() == [
         'warning: digits.tif: digits.geojson: feature 0 "small" holds 2 tissue patch(es) but has ucc 3 (a bag '
@@ -127,12 +127,12 @@ def test_region_with_fewer_patches_than_its_count_is_a_counted_skip(digit_slide,
 def test_integer_classes_index_the_run_classes(digit_slide, tmp_path):
     geojson = write(tmp_path, [feature([square(256, 256, 512, 512)], classes=[0, 2])])
     proc = run_tile(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
-               "--geojson", geojson, "--classes", "a,b,c")
+                    "--geojson", geojson, "--classes", "a,b,c")
     assert proc.returncode == 0, proc.stderr
     assert open_tiles(tmp_path / "tiles" / "digits.h5").region_count.tolist() == [2]
     mixed = write(tmp_path, [feature([square(256, 256, 512, 512)], classes=[0, "b"], name="m")], "mixed.geojson")
     proc = run_tile(digit_slide["slide"], "--out", tmp_path / "bad", "--patch-size", CELL, "--level", 0,
-               "--geojson", mixed, "--classes", "a,b,c")
+                    "--geojson", mixed, "--classes", "a,b,c")
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
         f'error: {mixed}: feature 0 "m": classes mixes class names and integers ([0, "b"]); give all names or all '
         "indices"]
@@ -142,7 +142,7 @@ def test_deep_geojson_is_a_one_line_cli_error(digit_slide, tmp_path):
     deep = tmp_path / "deep.geojson"
     deep.write_text("[" * 200_000 + "]" * 200_000)
     proc = run_tile(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
-               "--geojson", deep)
+                    "--geojson", deep)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [f"error: {deep}: JSON is nested too deeply to be GeoJSON (thousands "
                                                 "of levels of lists or objects)"]
@@ -153,7 +153,7 @@ def test_geojson_folder_and_several_slides(digit_slide, tmp_path):
     folder.mkdir()
     write(folder, REGIONS[:1])
     proc = run_tile(digit_slide["slide"], "--out", tmp_path / "tiles", "--patch-size", CELL, "--level", 0,
-               "--geojson", folder)
+                    "--geojson", folder)
     assert proc.returncode == 0, proc.stderr
     assert open_tiles(tmp_path / "tiles" / "digits.h5").region_count.tolist() == [2]
 

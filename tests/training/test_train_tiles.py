@@ -118,3 +118,16 @@ def test_training_never_sees_the_patch_labels_of_count_only_tiles(digit_slide, t
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"{name}: {key}")
+
+
+def test_regions_that_all_share_one_count_are_refused(digits) -> None:
+    """Bags whose counts never differ teach the count classifier nothing: a one-line error, nothing trained."""
+    from pathoucc.data.pool import InstancePool
+    from pathoucc.training.train import prepare_ucc
+
+    images, labels = digits
+    pool = InstancePool(images[:120], labels[:120], np.repeat(np.arange(6), 20), np.full(6, 2))
+    cfg = config_from_dict({"data": {"source": "tiles"}, "bags": {"bag_size": 8, "ucc_min": 1, "ucc_max": 4},
+                            "model": {"in_chans": 1, "input_size": 8, "widths": [8], "mlp": [4]}})
+    with pytest.raises(PathouccError, match="every training bag has count 2"):
+        prepare_ucc(cfg, {"train": pool})
