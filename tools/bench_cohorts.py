@@ -37,7 +37,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 
-from make_cohort import Cell, build_cell, select  # noqa: E402
+from make_cohort import Cell, add_cell_arguments, build_cell, select  # noqa: E402
 from repo_paths import command, machine, relative  # noqa: E402
 
 
@@ -197,10 +197,7 @@ def summarise(out_dir: Path, plot: Path | None) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--work", type=Path, default=Path("bench/cohorts"), help="cell folders (tools/make_cohort.py)")
-    parser.add_argument("--cells", nargs="+", default=None, help="cell names (default: every cell of --grid)")
-    parser.add_argument("--grid", choices=("small", "full"), default="small")
-    parser.add_argument("--data-dir", default="data", help="MNIST cache folder")
+    add_cell_arguments(parser)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "digit-slide.yaml")
     parser.add_argument("--seed", type=int, default=None, help="training seed (default: the config's)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "results")

@@ -149,12 +149,17 @@ def select(cells: list[str] | None, grid: str) -> list[Cell]:
     return [Cell.parse(name) for name in cells] if cells else grid_cells(grid)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_cell_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options that choose cells and where they live: ``--work``, ``--cells``, ``--grid``, ``--data-dir``."""
     parser.add_argument("--work", type=Path, default=Path("bench/cohorts"), help="one folder per cell")
-    parser.add_argument("--cells", nargs="+", default=None, help="cell names (default: the --grid)")
+    parser.add_argument("--cells", nargs="+", default=None, help="cell names (default: every cell of --grid)")
     parser.add_argument("--grid", choices=("small", "full"), default="small")
     parser.add_argument("--data-dir", default="data", help="MNIST cache folder")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_cell_arguments(parser)
     parser.add_argument("--list", action="store_true", help="print the cells and their recipes; build nothing")
     args = parser.parse_args(argv)
     try:

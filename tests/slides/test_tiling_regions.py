@@ -37,11 +37,16 @@ REGIONS = [
 ]
 
 
+def _tile_regions(digit_slide: dict, geojson, out):
+    """``pathoucc tile`` of the digit slide at level 0 with count-only regions and the classes a, b, c."""
+    return run_tile(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--level", 0, "--geojson", geojson,
+                    "--classes", "a,b,c")
+
+
 def test_cli_count_only_regions_become_bags(digit_slide, tmp_path):
     geojson = write(tmp_path, REGIONS)
     out = tmp_path / "tiles"
-    proc = run_tile(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--level", 0, "--geojson", geojson,
-                    "--classes", "a,b,c")
+    proc = _tile_regions(digit_slide, geojson, out)
     assert proc.returncode == 0, proc.stderr
     warnings = proc.stderr.strip().splitlines()
     assert len(warnings) == 3 and all(w.startswith("warning: digits.tif: digits.geojson: ") for w in warnings)
@@ -101,8 +106,7 @@ def _bad(case, tmp_path):
 def test_cli_bad_count_regions_are_one_line_and_write_nothing(digit_slide, tmp_path, case, words):
     geojson = _bad(case, tmp_path)
     out = tmp_path / "out"
-    proc = run_tile(digit_slide["slide"], "--out", out, "--patch-size", CELL, "--level", 0, "--geojson", geojson,
-                    "--classes", "a,b,c")
+    proc = _tile_regions(digit_slide, geojson, out)
     assert proc.returncode == 2, proc.stdout
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"error: {geojson}: ") and "Traceback" not in proc.stderr
