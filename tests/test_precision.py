@@ -17,12 +17,14 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
+from pathoucc import runtime
 from pathoucc.cluster.features import extract_features, inference_dtype
 from pathoucc.cluster.kmeans import fit_kmeans
 from pathoucc.cluster.metrics import clustering_accuracy
 from pathoucc.config import config_from_dict
 from pathoucc.data.pool import InstancePool
 from pathoucc.models import create_model
+from pathoucc.runtime import cpu_has_bf16
 
 
 @pytest.mark.parametrize("backbone", ["conv", "resnet18"])
@@ -41,9 +43,14 @@ def test_bf16_features_cluster_like_fp32(digits, backbone: str) -> None:
     assert clustering_accuracy(km.labels_, refit) >= 0.95
 
 
-def test_inference_precision_follows_the_switch() -> None:
+def test_inference_precision_follows_the_switch(monkeypatch) -> None:
     cfg = config_from_dict({})
     assert cfg.eval.amp and inference_dtype(cfg, "cpu", amp=False) is None
     cfg.eval.amp = False
     assert inference_dtype(cfg, "cpu") is None
-    assert inference_dtype(cfg, "cpu", amp=True) in (None, torch.bfloat16)  # bf16 where the CPU has it
+    expected = torch.bfloat16 if cpu_has_bf16() else None  # bf16 exactly where the CPU has it natively
+    assert inference_dtype(cfg, "cpu", amp=True) is expected
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: True)
+    assert inference_dtype(cfg, "cpu", amp=True) is torch.bfloat16
+    monkeypatch.setattr(runtime, "cpu_has_bf16", lambda: False)
+    assert inference_dtype(cfg, "cpu", amp=True) is None
