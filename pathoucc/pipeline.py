@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pathoucc.cluster.evaluate import evaluate_run
+from pathoucc.cluster.evaluate import EvalResult, evaluate_run
 from pathoucc.cluster.kmeans import default_k
 from pathoucc.cluster.refine import refine_model
 from pathoucc.config import Config, apply_overrides, config_from_dict, load_config, parse_override, save_config
@@ -50,15 +50,15 @@ class TrainReport:
     refine : the refinement's summary (``refine.json``: ``k``, ``steps`` and per round ``round``, ``patches``,
         ``changed_by_counts``, ``final_loss``, ``seconds``, with patch labels ``kmeans_accuracy`` and
         ``pseudo_label_accuracy``), or None without ``refine.steps``.
-    scores : the held-out scores of ``eval.split`` (``metrics.json``: ``method``, ``split``, ``accuracy``, ``nmi``,
-        ``ari``, ``k``, ``num_instances``, ``seconds``).
+    scores : the held-out scores of ``eval.split`` (:class:`~pathoucc.cluster.evaluate.EvalResult`, as in
+        ``metrics.json``: with patch labels accuracy, NMI, ARI; without, cluster sizes and count-consistency).
 
     Under torchrun, ``refine`` and ``scores`` are None on the ranks other than 0 (rank 0 reports for the job).
     """
 
     run_dir: Path
     refine: dict[str, Any] | None
-    scores: dict[str, Any] | None
+    scores: EvalResult | None
 
 
 def train_run(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = False) -> TrainReport:
