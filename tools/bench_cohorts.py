@@ -184,7 +184,7 @@ def summarise(out_dir: Path, plot: Path | None) -> list[dict]:
         ax.bar(x - 0.2, [r["test_patch_accuracy"] for r in rows], 0.4, label="test slide (held out)")
         ax.bar(x + 0.2, [r["val_patch_accuracy"] for r in rows], 0.4, label="validation slide")
         ax.axhline(0.97, color="k", lw=0.8, ls="--", label="target 0.97")
-        ax.set_xticks(x, [r["cell"] for r in rows], rotation=20, ha="right", fontsize=8)
+        ax.set_xticks(x, [f"{r['cell']} seed {r['seed']}" for r in rows], rotation=20, ha="right", fontsize=8)
         ax.set_ylim(0.8, 1.0)
         ax.set_ylabel("patch accuracy")
         ax.legend(loc="lower right", fontsize=8)
