@@ -42,8 +42,7 @@ from pathoucc.cluster.metrics import clustering_accuracy
 from pathoucc.config import Config
 from pathoucc.data.augment import augment_images, build_augment, reseed_augment
 from pathoucc.data.loader import to_model_input
-from pathoucc.data.pool import InstancePool, subsample
-from pathoucc.data.stream import StreamingPool
+from pathoucc.data.pool import Pool, subsample
 from pathoucc.errors import PathouccError
 from pathoucc.models import UCCModel
 from pathoucc.runtime import autocast, autocast_dtype
@@ -92,7 +91,7 @@ def count_consistent_labels(distances: np.ndarray, region: np.ndarray, region_co
     return out
 
 
-def _cluster(model: UCCModel, pool: InstancePool | StreamingPool, cfg: Config, k: int, index: np.ndarray,
+def _cluster(model: UCCModel, pool: Pool, cfg: Config, k: int, index: np.ndarray,
              device: torch.device) -> np.ndarray:
     """Squared distances ``(len(index), k)`` of the patches ``index`` to the centres of the features' k-means
     (fitted on at most MAX_FIT_PATCHES of them, seeded)."""
@@ -130,7 +129,7 @@ def refine_step(state: TrainState, batch: tuple[torch.Tensor, torch.Tensor], lr:
     return {"loss": loss.detach(), "lr": state.lr}
 
 
-def _patches(pool: InstancePool | StreamingPool, index: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
+def _patches(pool: Pool, index: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
              batch: int, augment, seed: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Step ``start``, ``start + 1``, ...'s patches: ``batch`` of ``index`` drawn by ``rng`` (without replacement),
     read, augmented (reseeded from ``(seed, step)``), with their pseudo-labels."""
@@ -155,7 +154,7 @@ def _round_state(model: UCCModel, cfg: Config, k: int, rnd: int, device: torch.d
                       meta=meta)
 
 
-def refine_model(model: UCCModel, cfg: Config, pool: InstancePool | StreamingPool, k: int,
+def refine_model(model: UCCModel, cfg: Config, pool: Pool, k: int,
                  device: torch.device | str = "cpu", log_path: str | Path | None = None, progress: bool = False,
                  checkpoint: str | Path | None = None, resume: dict[str, Any] | None = None,
                  world: World | None = None) -> dict[str, Any]:

@@ -21,9 +21,8 @@ from pathoucc.config import Config, save_config
 from pathoucc.data.augment import build_augment
 from pathoucc.data.bags import BagBatch, BagSampler, create_bag_sampler
 from pathoucc.data.loader import StepDataset, batch_item, step_loader, to_model_input
-from pathoucc.data.pool import InstancePool
+from pathoucc.data.pool import Pool
 from pathoucc.data.sources import load_pools
-from pathoucc.data.stream import StreamingPool
 from pathoucc.errors import PathouccError
 from pathoucc.files import ensure_writable_dir
 from pathoucc.models import create_model
@@ -65,8 +64,8 @@ class UCCTraining:
     state: TrainState
     sampler: Any
     data: StepDataset
-    train_pool: InstancePool | StreamingPool
-    val_pool: InstancePool | StreamingPool | None
+    train_pool: Pool
+    val_pool: Pool | None
     val_batches: list[BagBatch]
 
 
@@ -110,7 +109,7 @@ def validate_ucc(training: UCCTraining, cfg: Config) -> dict[str, float]:
     return {key: value / total for key, value in totals.items()}
 
 
-def prepare_ucc(cfg: Config, pools: dict[str, InstancePool | StreamingPool | None],
+def prepare_ucc(cfg: Config, pools: dict[str, Pool | None],
                 world: World | None = None) -> UCCTraining:
     """Seed, check the instances fit the model, build the bags, the model (DDP-wrapped under torchrun), Adam and
     the loss scaler for ``pools["train"]`` (and ``pools["val"]``, if any)."""
