@@ -24,7 +24,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Config": "pathoucc.config", "TileOptions": "pathoucc.config", "SegmentOptions": "pathoucc.config",
+    "Config": "pathoucc.config", "TileOptions": "pathoucc.options", "SegmentOptions": "pathoucc.options",
     "load_config": "pathoucc.config", "PathouccError": "pathoucc.errors",
     "tile_slide": "pathoucc.slides.tiler", "tile_slides": "pathoucc.slides.tiler",
     "open_tiles": "pathoucc.slides.tilefile", "InstancePool": "pathoucc.data.pool",

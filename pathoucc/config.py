@@ -21,11 +21,11 @@ Schedule = Literal["constant", "cosine", "onecycle"]  # the learning-rate schedu
 Compression = Literal["gzip", "lzf", "none"]  # of the patches in tile files
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where instances come from. ``mnist`` fetches MNIST into ``root``; ``idx`` reads the IDX files in the folder
     ``root``; ``tiles`` reads HDF5 tile files written by ``pathoucc tile``. ``val_fraction`` is the share of training
     instances (idx) or regions (tiles) held out for validation (MNIST keeps its standard last 10 000). ``augment``
@@ -46,7 +46,7 @@ class DataConfig(_Section):
     num_workers: int = Field(0, ge=0)
 
 
-class BagsConfig(_Section):
+class BagsConfig(Section):
     """Bags of ``bag_size`` instances whose number of distinct classes is drawn from [ucc_min, ucc_max].
 
     ``instances_per_batch``: with labelled instances (MNIST, IDX), the bags of a step share this many distinct
@@ -74,7 +74,7 @@ class BagsConfig(_Section):
         return self
 
 
-class ModelConfig(_Section):
+class ModelConfig(Section):
     """Backbone (``conv``, ``resnet`` or a timm model name), feature head, KDE, ucc MLP and decoder."""
 
     backbone: str = "conv"
@@ -94,12 +94,12 @@ class ModelConfig(_Section):
     decoder_residual: bool = False
 
 
-class LossConfig(_Section):
+class LossConfig(Section):
     ucc_weight: float = Field(0.5, ge=0)
     ae_weight: float = Field(0.5, ge=0)
 
 
-class TrainConfig(_Section):
+class TrainConfig(Section):
     """The loop. ``amp``: mixed precision where the hardware has it (bf16 on CPUs with AVX512-BF16/AMX and on GPUs
     that support it, else fp16 with loss scaling on GPUs; fp32 otherwise). ``encoder_chunk``: encode at most this
     many instances at once, recomputing activations in the backward pass (0 = all at once), for bags larger than
@@ -122,7 +122,7 @@ class TrainConfig(_Section):
     snapshot_every: int = Field(0, ge=0)
 
 
-class EvalConfig(_Section):
+class EvalConfig(Section):
     """Scoring and feature extraction (evaluate, cluster, segment). ``amp``: extract features in mixed precision
     where the hardware has it (bf16 on CPUs with AVX512-BF16/AMX and on bf16 GPUs, fp16 on other GPUs)."""
 
@@ -133,7 +133,7 @@ class EvalConfig(_Section):
     amp: bool = True
 
 
-class RefineConfig(_Section):
+class RefineConfig(Section):
     """Count-consistent self-training after the UCC training (:mod:`pathoucc.cluster.refine`; ``steps`` 0 = off):
     each of ``rounds`` rounds clusters the training patches' features, corrects the clusters of every region to its
     count, and fine-tunes the encoder on them for ``steps`` steps of ``batch_size`` patches (Adam at ``lr``, cosine
@@ -145,7 +145,7 @@ class RefineConfig(_Section):
     batch_size: int = Field(256, ge=2)
 
 
-class Config(_Section):
+class Config(Section):
     """A whole run. ``seed`` makes it reproducible on the same machine."""
 
     name: str = "run"
@@ -170,56 +170,7 @@ class Config(_Section):
         return self.model_dump(mode="json")
 
 
-class TileOptions(_Section):
-    """How ``pathoucc tile`` cuts a slide: ``patch_size`` and ``stride`` (default: the patch size) in output-level
-    pixels; the output level from one of ``level``, ``magnification``, ``mpp``, ``downsample`` (default level 0);
-    patches with a tissue fraction of at least ``tissue_threshold`` are kept. With a mask or GeoJSON, regions
-    (bags) are ``region_size`` windows and a patch takes the class covering ``min_label_coverage`` of it."""
-
-    patch_size: int = Field(224, ge=1)
-    stride: int | None = Field(None, ge=1)
-    level: int | None = Field(None, ge=0)
-    magnification: float | None = Field(None, gt=0)
-    mpp: float | None = Field(None, gt=0)
-    downsample: float | None = Field(None, gt=0)
-    tissue_threshold: float = Field(0.5, ge=0, le=1)
-    region_size: int = Field(512, ge=1)
-    classes: list[str] | None = None
-    zero_is_background: bool = True
-    min_label_coverage: float = Field(0.5, ge=0, le=1)
-    workers: int | None = Field(None, ge=1)
-    compression: Compression = "gzip"
-    overwrite: bool = False
-
-    @property
-    def step(self) -> int:
-        """The grid step: ``stride``, or the patch size."""
-        return self.patch_size if self.stride is None else self.stride
-
-
-class SegmentOptions(_Section):
-    """How ``pathoucc segment`` clusters slides: ``k`` clusters (default: ``eval.k`` or the training classes),
-    ``batch_size`` patches per forward pass (default: from ``eval.batch_size``), the ``device``, and a label ``mask``
-    (or folder of masks) to score against; ``amp``: mixed-precision features (default: the run's ``eval.amp``)."""
-
-    k: int | None = Field(None, ge=2)
-    batch_size: int | None = Field(None, ge=1)
-    device: Device = "auto"
-    mask: Path | None = None
-    amp: bool | None = None
-
-
-def validate_options(cls: type[_Section], values: dict[str, Any]) -> Any:
-    """``cls(**values)``; a bad value is a :class:`PathouccError` naming its option (``--patch-size: ...``)."""
-    try:
-        return cls(**values)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        name = "--" + "-".join(str(p) for p in err["loc"][:1]).replace("_", "-")
-        raise PathouccError(f"{name}: {_problem(err)}") from None
-
-
-def _problem(err: Any) -> str:
+def problem_text(err: Any) -> str:
     """A pydantic error as ``what is wrong (got <value, cut to 200 characters>)``; a choice names its values."""
     msg, value = err["msg"].removeprefix("Value error, "), err.get("input")
     return msg if err["type"] == "extra_forbidden" or isinstance(value, dict) else f"{msg} (got {quote(value)})"
@@ -243,7 +194,7 @@ def _format_error(exc: ValidationError, source: str) -> str:
         valid = ", ".join(_section_fields(Config, loc))
         return f"{source}: unknown key {quote(where)} (valid keys here: {valid})"
     more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
-    return f"{source}: {where}: {_problem(err)}{more}"
+    return f"{source}: {where}: {problem_text(err)}{more}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -16,12 +16,11 @@ from pathoucc.config import (
     Schedule,
     Source,
     Split,
-    TileOptions,
     load_config,
-    validate_options,
 )
 from pathoucc.errors import MAX_MESSAGE, PathouccError
 from pathoucc.files import parse_yaml
+from pathoucc.options import TileOptions, validate_options
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 

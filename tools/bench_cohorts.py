@@ -85,7 +85,8 @@ def git_commit() -> str:
 
 def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
     """Build, train, refine and score one cell; return its result dict."""
-    from pathoucc.config import SegmentOptions, load_config
+    from pathoucc.config import load_config
+    from pathoucc.options import SegmentOptions
     from pathoucc.pipeline import refine_run
     from pathoucc.segment import segment_run
     from pathoucc.training.train import train_ucc

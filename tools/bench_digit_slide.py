@@ -46,7 +46,8 @@ def main() -> None:
     from make_digit_slide import make_digit_slide
 
     from pathoucc.cluster.evaluate import evaluate_run
-    from pathoucc.config import SegmentOptions, load_config
+    from pathoucc.config import load_config
+    from pathoucc.options import SegmentOptions
     from pathoucc.segment import segment_run
     from pathoucc.slides.tiler import tile_slides
     from pathoucc.training.train import train_ucc

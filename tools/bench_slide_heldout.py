@@ -84,7 +84,8 @@ def main() -> None:
 
     from make_digit_slide import make_blob_digit_slide
 
-    from pathoucc.config import SegmentOptions, load_config
+    from pathoucc.config import load_config
+    from pathoucc.options import SegmentOptions
     from pathoucc.pipeline import refine_run
     from pathoucc.segment import segment_run
     from pathoucc.slides.tiler import tile_slides

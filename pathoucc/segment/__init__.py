@@ -13,9 +13,9 @@ from pathlib import Path
 
 from pathoucc.cluster.features import check_fits_model, default_batch_size, inference_dtype, resolve_device
 from pathoucc.cluster.kmeans import ClusterModel, load_or_fit
-from pathoucc.config import SegmentOptions
 from pathoucc.errors import PathouccError
 from pathoucc.files import ensure_writable_dir
+from pathoucc.options import SegmentOptions
 from pathoucc.run import load_run
 from pathoucc.segment.grid import MapGrid, accumulate_map, map_grid
 from pathoucc.segment.maps import cluster_colors

@@ -22,8 +22,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from pathoucc.config import TileOptions
 from pathoucc.errors import PathouccError
+from pathoucc.options import TileOptions
 
 try:
     import fcntl

@@ -20,9 +20,9 @@ import h5py
 import numpy as np
 from PIL import Image
 
-from pathoucc.config import TileOptions, validate_options
 from pathoucc.errors import PathouccError
 from pathoucc.files import atomic_path, ensure_writable_dir
+from pathoucc.options import TileOptions, validate_options
 from pathoucc.runtime import progress_bar
 from pathoucc.slides.annotations import AnnotationKind, PatchLabels, annotation_for, kind_from_suffix, label_patches
 from pathoucc.slides.outputs import changes, input_record, output_lock, output_paths, read_record, remove_orphans

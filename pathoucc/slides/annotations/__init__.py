@@ -23,8 +23,8 @@ from typing import Literal
 
 import numpy as np
 
-from pathoucc.config import TileOptions
 from pathoucc.errors import PathouccError
+from pathoucc.options import TileOptions
 from pathoucc.slides.annotations.assign import grid_regions, region_bags, region_counts
 from pathoucc.slides.annotations.csv import read_regions_csv
 from pathoucc.slides.annotations.geojson import class_raster, read_geojson

@@ -1,0 +1,5 @@
+"""`python -m pathoucc.cli`: the console script."""
+
+from pathoucc.cli import main
+
+main()
