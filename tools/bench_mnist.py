@@ -79,6 +79,8 @@ def main() -> None:
     parser.add_argument("--snapshot-every", type=int, default=250, help="steps between weight snapshots")
     parser.add_argument("--paper-snapshot-every", type=int, default=50)
     parser.add_argument("--data-root", default=str(ROOT / "data"))
+    parser.add_argument("--skip-paper", action="store_true",
+                        help="only the seeds of --config (no same-budget run of --paper-config)")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     data = f"data.root={args.data_root}"
@@ -94,23 +96,27 @@ def main() -> None:
 
     # the paper's setting with the same training-time budget as our median run
     budget_s = statistics.median(r["curve"][-1]["elapsed_s"] for r in runs)
-    out = args.out / "mnist-paper"
-    paper = run_child(args.paper_config, out, [data, f"seed={args.seeds[0]}", f"train.max_minutes={budget_s / 60}",
-                                               f"train.snapshot_every={args.paper_snapshot_every}"])
-    paper["curve"] = curve(out)
+    paper = None
+    if not args.skip_paper:
+        out = args.out / "mnist-paper"
+        paper = run_child(args.paper_config, out, [data, f"seed={args.seeds[0]}",
+                                                   f"train.max_minutes={budget_s / 60}",
+                                                   f"train.snapshot_every={args.paper_snapshot_every}"])
+        paper["curve"] = curve(out)
 
     from pathoucc.cluster.evaluate import evaluate_raw_pixels
     from pathoucc.config import load_config
 
     raw = evaluate_raw_pixels(load_config(args.config, [data]), "test")
-    configs = {relative(args.config): load_config(args.config, [data]).to_dict(),
-               relative(args.paper_config): load_config(args.paper_config, [data]).to_dict()}
+    configs = {relative(args.config): load_config(args.config, [data]).to_dict()}
+    if paper is not None:
+        configs[relative(args.paper_config)] = load_config(args.paper_config, [data]).to_dict()
     for c in configs.values():
         c["data"]["root"] = relative(c["data"]["root"])
 
     accs = [r["metrics"]["accuracy"] for r in runs]
-    paper_best = max(r["accuracy"] for r in paper["curve"])
-    ours_t = [time_to(r["curve"], paper_best) for r in runs]
+    paper_best = max(r["accuracy"] for r in paper["curve"]) if paper else None
+    ours_t = [time_to(r["curve"], paper_best) for r in runs] if paper else None
     result = {
         "date": date.today().isoformat(),
         "machine": {"cpus": __import__("os").cpu_count(), "platform": platform.platform(),
@@ -135,19 +141,22 @@ def write_markdown(r: dict, path: Path) -> None:
         m = run["metrics"]
         lines.append(f"| mnist.yaml | {run['seed']} | {m['accuracy']:.4f} | {m['nmi']:.4f} | {m['ari']:.4f} | "
                      f"{run['curve'][-1]['step']} | {run['wall_s'] / 60:.1f} | {run['peak_rss_gb']:.2f} |")
-    p, m = r["paper"], r["paper"]["metrics"]
-    lines.append(f"| mnist-paper.yaml (same budget) | {r['runs'][0]['seed']} | {m['accuracy']:.4f} | {m['nmi']:.4f} | "
-                 f"{m['ari']:.4f} | {p['curve'][-1]['step'] if p['curve'] else 0} | {p['wall_s'] / 60:.1f} | "
-                 f"{p['peak_rss_gb']:.2f} |")
+    p = r["paper"]
+    if p is not None:
+        m = p["metrics"]
+        lines.append(f"| mnist-paper.yaml (same budget) | {r['runs'][0]['seed']} | {m['accuracy']:.4f} | "
+                     f"{m['nmi']:.4f} | {m['ari']:.4f} | {p['curve'][-1]['step'] if p['curve'] else 0} | "
+                     f"{p['wall_s'] / 60:.1f} | {p['peak_rss_gb']:.2f} |")
     raw = r["raw_pixels"]
     lines.append(f"| k-means on raw pixels | – | {raw['accuracy']:.4f} | {raw['nmi']:.4f} | {raw['ari']:.4f} "
                  "| – | – | – |")
     lines += ["", f"Median test accuracy of mnist.yaml: **{r['median_accuracy']:.4f}**. Training-time budget "
-              f"(median of mnist.yaml): {r['budget_s'] / 60:.1f} min.",
-              f"Best accuracy of mnist-paper.yaml within that budget: {r['paper_best_accuracy']:.4f}; "
-              "mnist.yaml reached it after "
-              + ", ".join("never" if t is None else f"{t / 60:.2f} min" for t in r["ours_time_to_paper_best_s"])
-              + " (per seed)."]
+              f"(median of mnist.yaml): {r['budget_s'] / 60:.1f} min."]
+    if p is not None:
+        lines += [f"Best accuracy of mnist-paper.yaml within that budget: {r['paper_best_accuracy']:.4f}; "
+                  "mnist.yaml reached it after "
+                  + ", ".join("never" if t is None else f"{t / 60:.2f} min" for t in r["ours_time_to_paper_best_s"])
+                  + " (per seed)."]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -162,8 +171,9 @@ def plot(r: dict, path: Path) -> None:
         c = run["curve"]
         ax.plot([x["elapsed_s"] / 60 for x in c], [x["accuracy"] for x in c], "-o", ms=3,
                 label=f"mnist.yaml seed {run['seed']}")
-    c = r["paper"]["curve"]
-    ax.plot([x["elapsed_s"] / 60 for x in c], [x["accuracy"] for x in c], "-s", ms=3, label="mnist-paper.yaml")
+    if r["paper"] is not None:
+        c = r["paper"]["curve"]
+        ax.plot([x["elapsed_s"] / 60 for x in c], [x["accuracy"] for x in c], "-s", ms=3, label="mnist-paper.yaml")
     ax.axhline(0.984, color="grey", ls="--", lw=1, label="published UCC (98.4 %)")
     ax.axhline(r["raw_pixels"]["accuracy"], color="grey", ls=":", lw=1, label="k-means on raw pixels")
     ax.set_xlabel("training time on this CPU (min)")
