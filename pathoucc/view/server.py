@@ -8,8 +8,12 @@ with a cache lifetime, as the files never change while the server runs.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
+import threading
+import time
+from collections.abc import Iterator
 from urllib.parse import unquote
 
 from starlette.applications import Starlette
@@ -20,7 +24,7 @@ from starlette.routing import Route
 from pathoucc.errors import PathouccError
 from pathoucc.view.site import Site, SiteError
 
-__all__ = ["bind", "create_app", "serve"]
+__all__ = ["bind", "create_app", "serve", "serving"]
 
 
 def create_app(site: Site) -> Starlette:
@@ -68,3 +72,26 @@ def serve(site: Site, sock: socket.socket, log_level: str = "warning") -> None:
 
     config = uvicorn.Config(create_app(site), log_level=log_level, access_log=False, timeout_graceful_shutdown=2)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+@contextlib.contextmanager
+def serving(site: Site, host: str = "127.0.0.1", port: int = 0, timeout: float = 30.0) -> Iterator[str]:
+    """Serve ``site`` in a background thread for the block; yields its base URL (``http://host:port/``)."""
+    import uvicorn
+
+    sock = bind(host, port)
+    server = uvicorn.Server(uvicorn.Config(create_app(site), log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        if not server.started:
+            raise PathouccError("the server did not start", f"{host}:{port}")
+        h, p = sock.getsockname()[:2]
+        yield f"http://{h}:{p}/"
+    finally:
+        server.should_exit = True
+        thread.join(timeout)
+        sock.close()
