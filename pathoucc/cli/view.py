@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -40,9 +41,15 @@ def view(
             typer.echo(f"exported {len(views)} slide(s): {report.rendered} tiles rendered, {report.resumed} kept "
                        f"from an interrupted export -> {report.out / 'index.html'}")
             return
-        where = sock.getsockname()
-        typer.echo(f"serving {len(views)} slide(s) at http://{where[0]}:{where[1]}/ (Ctrl-C to stop)")
-        serve(site, sock)
+        h, p = sock.getsockname()[:2]
+        if not ipaddress.ip_address(h).is_loopback:
+            typer.echo(f"warning: {h}:{p} is reachable from other machines; the slides are served to anyone "
+                       "who can connect", err=True)
+        typer.echo(f"serving {len(views)} slide(s) at http://{f'[{h}]' if ':' in h else h}:{p}/ (Ctrl-C to stop)")
+        try:
+            serve(site, sock)
+        except KeyboardInterrupt:  # uvicorn shuts down on Ctrl-C, then raises it again
+            typer.echo("stopped")
     finally:
         site.close()
         if sock is not None:

@@ -16,6 +16,7 @@ import base64
 import json
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +78,7 @@ class Site:
         self._assets = _assets(assets)
         self._cache: LRUCache | None = LRUCache(cache_bytes, getsizeof=len) if cache_bytes > 0 else None
         self._lock = threading.Lock()
+        self._scripts: dict[str, bytes] = {}
 
     def close(self) -> None:
         for s in self._slides.values():
@@ -90,15 +92,23 @@ class Site:
         if path in self._assets:
             return self._asset(path), MEDIA_TYPES[Path(path).suffix]
         if path == "data/slides.js":
-            return self.slides_js().encode(), MEDIA_TYPES[".js"]
+            return self._script(path, self.slides_js), MEDIA_TYPES[".js"]
         if m := _PATCHES.fullmatch(path):
-            return self.patches_js(self._slide(m[1]).view).encode(), MEDIA_TYPES[".js"]
+            view = self._slide(m[1]).view
+            return self._script(path, lambda: self.patches_js(view)), MEDIA_TYPES[".js"]
         if m := _DZI.fullmatch(path):
             layer = self._layer(m[1], m[2])
             return layer.geometry.xml(layer.fmt).encode(), MEDIA_TYPES[".dzi"]
         if m := _TILE.fullmatch(path):
             return self.tile(m[1], m[2], int(m[3]), int(m[4]), int(m[5]), m[6]), MEDIA_TYPES["." + m[6]]
         raise SiteError(404, "not found")
+
+    def _script(self, path: str, make: Callable[[], str]) -> bytes:
+        """A data script, made once (they never change while the site exists)."""
+        with self._lock:
+            if path not in self._scripts:
+                self._scripts[path] = make().encode()
+            return self._scripts[path]
 
     def _asset(self, key: str) -> bytes:
         try:

@@ -4,7 +4,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 
 import httpx
@@ -118,3 +121,17 @@ def test_export_refuses_a_folder_that_is_not_an_export(monkeypatch, capsys, segm
     code, out, err = run_cli(monkeypatch, capsys, "view", str(segmented["maps"]), "--export", str(tmp_path / "new"))
     assert code == 0, err
     assert "exported 1 slide(s)" in out and (tmp_path / "new" / "index.html").is_file()
+
+
+def test_the_command_serves_until_interrupted(segmented) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "pathoucc.cli", "view", str(segmented["maps"]), "--port", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving 1 slide(s) at http://127.0.0.1:"), line + proc.stderr.read()
+        url = line.split(" at ")[1].split()[0]
+        assert httpx.get(url + "data/slides.js").status_code == 200
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        proc.kill()

@@ -103,8 +103,12 @@
     return new Type(bytes.buffer);
   }
 
-  function loadPatches(s) {
-    if (s.data) return;
+  // the map and the patches (megabytes for a large slide): fetched once the first view is drawn, or on a click
+  function loadPatches(s, then) {
+    if (s.data) { if (then) then(); return; }
+    if (then) (s.waiting = s.waiting || []).push(then);
+    if (s.loading) return;
+    s.loading = true;
     const script = document.createElement("script");
     script.src = "data/" + encodeURIComponent(s.id) + "/patches.js";
     script.onload = () => {
@@ -112,6 +116,8 @@
       s.data = { map: decode(raw.map, Int16Array), coords: decode(raw.coords, Int32Array),
                  cluster: decode(raw.cluster, Int16Array), distance: decode(raw.distance, Float32Array),
                  extent: raw.extent };
+      for (const f of s.waiting || []) f();
+      s.waiting = [];
     };
     document.head.appendChild(script);
   }
@@ -192,7 +198,6 @@
     viewer.open([{ tileSource: s.tiles },
                  ...s.clusters.map((c) => ({ tileSource: c.tiles, x: 0, y: 0, width: width,
                                              opacity: state.hidden.has(c.index) ? 0 : state.opacity }))]);
-    loadPatches(s);
   }
 
   function route() {
@@ -219,14 +224,18 @@
   });
   viewer.addHandler("update-viewport", () => {
     updateScaleBar();
-    if (state.times.loaded === undefined && ready()) state.times.loaded = performance.now();
+    if (state.times.loaded === undefined && ready()) {
+      state.times.loaded = performance.now();
+      loadPatches(state.slide);
+    }
   });
   viewer.addHandler("animation-finish", writeHash);
   viewer.addHandler("canvas-click", (e) => {
     if (!e.quick || !state.opened) return;
     const item = viewer.world.getItemAt(0);
     const p = item.viewportToImageCoordinates(viewer.viewport.pointFromPixel(e.position));
-    showInfo(infoAt(p.x, p.y));
+    const s = state.slide;
+    loadPatches(s, () => { if (state.slide === s) showInfo(infoAt(p.x, p.y)); });
   });
   $("opacity").addEventListener("input", (e) => {
     state.opacity = Number(e.target.value) / 100;
