@@ -11,10 +11,11 @@
 3. a bounded load test: ``--requests`` random tile requests, counting errors and sampling the server's RSS;
 4. first paint in headless Chromium (Playwright): navigation start to the first tile drawn and to every tile of the
    first view loaded, ``--paints`` fresh pages;
-5. with ``--screenshots DIR``: the page over the digit slide of ``--digits`` (a ``pathoucc segment`` output folder)
-   at two zoom levels.
+5. with ``--screenshots DIR`` (instead of 1-4): the page over the digit slide of ``--digits`` (a
+   ``pathoucc segment`` output folder) at two zoom levels.
 
     nice -n 10 python tools/bench_view.py --work /tmp/bench_view --out docs/results/view-100k.json
+    python tools/bench_view.py --digits maps/digits --screenshots docs/img
 
 Needs the ``test`` extra (tifffile, playwright, httpx) and Chromium (``apt-get install chromium``).
 """
@@ -171,6 +172,25 @@ def fetch_all(base: str, urls: list[str], concurrency: int) -> tuple[np.ndarray,
     return np.array([r[0] for r in results]), sum(r[1] != 200 for r in results)
 
 
+def service_cpu(folder: Path, mask: np.ndarray, scale: int, n: int = 300) -> dict:
+    """CPU ms per tile rendered in this process, one at a time, no cache (what a request costs on an idle CPU)."""
+    from pathoucc.view import Site, load_views
+
+    site = Site(load_views([folder]), cache_bytes=0)
+    urls = tile_urls(folder.name, n, 11, mask, scale)
+    out = {}
+    for kind in ("slide_files", "cluster"):
+        chosen = [u for u in urls if kind in u]
+        t, w = time.process_time(), time.perf_counter()
+        for u in chosen:
+            site.get(u)
+        out[kind.removesuffix("_files")] = {"n": len(chosen), "cpu_ms": round((time.process_time() - t) / len(chosen)
+                                                                                * 1000, 2),
+                                            "wall_ms": round((time.perf_counter() - w) / len(chosen) * 1000, 2)}
+    site.close()
+    return out
+
+
 def percentiles(ms: np.ndarray) -> dict:
     return {"n": len(ms), "p50_ms": round(float(np.percentile(ms, 50)), 1),
             "p95_ms": round(float(np.percentile(ms, 95)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1)}
@@ -255,12 +275,16 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait()
+        print(json.dumps(result, indent=2))
+        return
     t = time.perf_counter()
     slide, mask, scale = make_slide(args.work / "slide-100k.tif")
     folder = make_segmentation(args.work / "maps" / "slide-100k", slide, mask, scale)
     result["slide"] = {"size": [SIZE, SIZE], "file_mib": round(slide.stat().st_size / 2**20, 1),
                        "patches": int(h5py.File(folder / "clusters.h5")["coords"].shape[0]),
                        "prepared_s": round(time.perf_counter() - t, 1)}
+    result["load_average_1min_before"] = round(os.getloadavg()[0], 1)
+    result["service_per_tile"] = service_cpu(folder, mask, scale)
     proc = start_server([folder], args.port, args.cache_mb)
     base = f"http://127.0.0.1:{args.port}/"
     try:
@@ -277,6 +301,7 @@ def main() -> None:
     finally:
         proc.terminate()
         proc.wait()
+    result["load_average_1min_after"] = round(os.getloadavg()[0], 1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from urllib.parse import unquote
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
@@ -30,13 +31,13 @@ __all__ = ["bind", "create_app", "serve", "serving"]
 def create_app(site: Site) -> Starlette:
     """The ASGI app serving ``site`` (GET and HEAD only)."""
 
-    def answer(request: Request) -> Response:
+    async def answer(request: Request) -> Response:
         raw = request.scope.get("raw_path", b"").split(b"?")[0].decode("latin-1")
         path = unquote(raw or request.url.path)
         if "\\" in path or "\x00" in path or any(part in ("..", ".") for part in path.split("/")):
             return PlainTextResponse("not found\n", status_code=404)
-        try:
-            content, media_type = site.get(path)
+        try:  # a cached tile is answered on the event loop; anything else is made in the thread pool
+            content, media_type = site.cached(path) or await run_in_threadpool(site.get, path)
         except SiteError as exc:
             return PlainTextResponse(f"{exc}\n", status_code=exc.status)
         cache = "no-cache" if path.rstrip("/") in ("", "/index.html", "/data/slides.js") else "max-age=3600"

@@ -127,6 +127,16 @@ class Site:
             raise SiteError(404, f"no layer {name!r} for slide {sid!r}")
         return layers[name]
 
+    def cached(self, path: str) -> tuple[bytes, str] | None:
+        """(content, media type) of a tile already in the cache, else None (never renders; cheap)."""
+        m = _TILE.fullmatch(path.lstrip("/"))
+        if m is None or self._cache is None:
+            return None
+        with self._lock:
+            hit = self._cache.get((m[1], m[2], int(m[3]), int(m[4]), int(m[5])))
+        return None if hit is None or not path.endswith(f".{self._layer(m[1], m[2]).fmt}") else (
+            hit, MEDIA_TYPES["." + m[6]])
+
     def tile(self, sid: str, layer_name: str, level: int, col: int, row: int, fmt: str) -> bytes:
         """One encoded tile, from the cache or rendered now."""
         layer = self._layer(sid, layer_name)
