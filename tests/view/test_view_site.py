@@ -96,11 +96,14 @@ def test_slide_tiles_are_the_slide_and_cluster_tiles_its_map(segmented) -> None:
     assert tile.shape == (256, 256, 3) and np.abs(tile - truth).mean() < 4  # JPEG of the same pixels
     view = views[0]
     c = int(view.clusters[0])
+    assert site.cached(f"data/digits/cluster{c}_files/5/0_0.png") is None  # not rendered yet
     png, media = site.get(f"data/digits/cluster{c}_files/5/0_0.png")  # 32 x 32 map: level 5 is the whole map
     rgba = np.asarray(Image.open(io.BytesIO(png)))
     assert media == "image/png" and rgba.shape == (32, 32, 4)
     assert np.array_equal(rgba[..., 3] == 255, view.cluster_map == c)
     assert site.get(f"data/digits/cluster{c}_files/5/0_0.png")[0] is png  # cached
+    assert site.cached(f"data/digits/cluster{c}_files/5/0_0.png") == (png, "image/png")
+    assert site.cached(f"data/digits/cluster{c}_files/5/0_0.jpeg") is None
     xml = site.get("data/digits/slide.dzi")[0].decode()
     assert 'TileSize="254"' in xml and 'Width="1024"' in xml
 
