@@ -1,5 +1,6 @@
-"""The options of the commands that are not a training run: ``pathoucc tile`` (:class:`TileOptions`) and
-``pathoucc segment`` / ``cluster`` (:class:`SegmentOptions`), validated once at the command line's boundary."""
+"""The options of the commands that are not a training run: ``pathoucc tile`` (:class:`TileOptions`),
+``pathoucc segment`` / ``cluster`` (:class:`SegmentOptions`) and ``pathoucc view`` (:class:`ViewOptions`),
+validated once at the command line's boundary."""
 
 from __future__ import annotations
 
@@ -49,6 +50,18 @@ class SegmentOptions(Section):
     device: Device = "auto"
     mask: Path | None = None
     amp: bool | None = None
+
+
+class ViewOptions(Section):
+    """How ``pathoucc view`` serves segmentation outputs: on ``host``:``port`` (loopback by default; port 0 = any
+    free port), slides that moved looked up by file name in ``slide_dir``, at most ``cache_mb`` MB of encoded tiles
+    kept in memory; ``workers`` threads render an export."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    slide_dir: Path | None = None
+    cache_mb: int = Field(256, ge=0)
+    workers: int | None = Field(None, ge=1)
 
 
 def validate_options(cls: type[Section], values: dict[str, Any]) -> Any:
