@@ -47,17 +47,23 @@ def nearest_centre(features: np.ndarray, centers: np.ndarray, chunk: int = CHUNK
     dist = np.empty(len(features), np.float32)
     for a in range(0, len(features), chunk):
         f = features[a:a + chunk]
-        d = (f * f).sum(1, keepdims=True) - 2.0 * f @ centers.T + c2
-        index[a:a + chunk] = d.argmin(1)
-        dist[a:a + chunk] = np.maximum(d[np.arange(len(f)), index[a:a + chunk]], 0.0)
+        d = c2 - 2.0 * (f @ centers.T)  # the row's own |f|^2 does not change which centre is nearest
+        i = d.argmin(1)
+        index[a:a + chunk] = i
+        dist[a:a + chunk] = np.maximum(np.take_along_axis(d, i[:, None], 1)[:, 0] + np.einsum("ij,ij->i", f, f), 0)
     return index, dist
 
 
-def _member_sums(features: np.ndarray, assignment: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-cluster feature sums (K, J) float64 and member counts (K,) int64."""
-    n = len(assignment)
-    onehot = sparse.csr_matrix((np.ones(n, np.float64), (assignment, np.arange(n))), shape=(k, n))
-    return np.asarray(onehot @ features.astype(np.float64)), np.bincount(assignment, minlength=k)
+def _member_sums(features: np.ndarray, assignment: np.ndarray, k: int,
+                 chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
+    """Per-cluster feature sums (K, J) float64 and member counts (K,) int64, ``chunk`` rows at a time."""
+    sums = np.zeros((k, features.shape[1]), np.float64)
+    for a in range(0, len(assignment), chunk):
+        part = assignment[a:a + chunk]
+        n = len(part)
+        onehot = sparse.csr_matrix((np.ones(n, np.float64), (part, np.arange(n))), shape=(k, n))
+        sums += onehot @ features[a:a + chunk].astype(np.float64)
+    return sums, np.bincount(assignment, minlength=k)
 
 
 def _plus_plus(features: np.ndarray, fixed: np.ndarray, extra: int, rng: np.random.Generator) -> np.ndarray:
@@ -75,9 +81,11 @@ def _plus_plus(features: np.ndarray, fixed: np.ndarray, extra: int, rng: np.rand
 
 
 def constrained_kmeans(unlabelled: np.ndarray, labelled: np.ndarray, labels: np.ndarray, k: int, seed: int = 0,
-                       max_iter: int = 300) -> ConstrainedFit:
+                       max_iter: int = 100, tol: float = 1e-4) -> ConstrainedFit:
     """Constrained k-means of ``unlabelled`` (N, J) given ``labelled`` (M, J) rows of class ``labels`` (M,) in
-    ``[0, C)`` (every class present); centre ``c < C`` is class ``c``'s. Deterministic for a given ``seed``."""
+    ``[0, C)`` (every class present); centre ``c < C`` is class ``c``'s. Stops when no assignment changes or the
+    centres move by at most ``tol`` x the mean feature variance in all (scikit-learn's rule), or after
+    ``max_iter`` iterations. Deterministic for a given ``seed``."""
     unlabelled = np.asarray(unlabelled, np.float32)
     labelled = np.asarray(labelled, np.float32).reshape(-1, unlabelled.shape[1])
     labels = np.asarray(labels, np.int64)
@@ -99,6 +107,7 @@ def constrained_kmeans(unlabelled: np.ndarray, labelled: np.ndarray, labels: np.
     fixed_sums = np.concatenate([fixed_sums, np.zeros((k - classes, fixed_sums.shape[1]))])
     fixed_counts = np.concatenate([fixed_counts, pad])
     assignment = np.full(len(unlabelled), -1, np.int64)
+    threshold = tol * float(np.mean(np.var(unlabelled, axis=0))) if len(unlabelled) else 0.0
     iterations = 0
     for iterations in range(1, max_iter + 1):  # noqa: B007  (the count is reported)
         new, _ = nearest_centre(unlabelled, centers)
@@ -108,7 +117,11 @@ def constrained_kmeans(unlabelled: np.ndarray, labelled: np.ndarray, labels: np.
         sums, counts = _member_sums(unlabelled, assignment, k)
         sums, counts = sums + fixed_sums, counts + fixed_counts
         filled = counts > 0  # an empty cluster keeps its centre
+        previous = centers.copy()
         centers[filled] = (sums[filled] / counts[filled, None]).astype(np.float32)
+        if float(((centers - previous) ** 2).sum()) <= threshold:
+            assignment = nearest_centre(unlabelled, centers)[0]
+            break
     _, d_unlabelled = nearest_centre(unlabelled, centers)
     own = ((labelled - centers[labels]) ** 2).sum(1) if classes else np.zeros(0)
     inertia = float((d_unlabelled.sum() + own.sum()) / max(1, len(unlabelled) + len(labelled)))
