@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 
@@ -85,12 +85,21 @@ def baseline(
     split: Annotated[Split, typer.Option(help="Split to cluster")] = "test",
     out: Annotated[Path | None, typer.Option("--out", help="Write the scores to this JSON file")] = None,
     set_: Overrides = None,
+    method: Annotated[Literal["raw-pixels", "iic"], typer.Option(
+        help="raw-pixels: k-means on the pixels (no model); iic: train IIC (no labels, no counts) under the "
+             "config's train.steps / train.max_minutes and score its clusters")] = "raw-pixels",
 ) -> None:
-    """The reference baseline: k-means directly on the raw pixels of the held-out instances (no model, CPU)."""
-    from pathoucc.cluster import evaluate_raw_pixels
+    """The reference baselines: k-means on the raw pixels of the held-out instances, or IIC."""
+    cfg = load_config(config, set_ or [])
+    if method == "iic":
+        from pathoucc.cluster.baselines import evaluate_iic
 
-    result = evaluate_raw_pixels(load_config(config, set_ or []), split=split)
-    print_scores({f"raw pixels ({split})": result})
+        result = evaluate_iic(cfg, split=split, progress=sys.stderr.isatty())
+    else:
+        from pathoucc.cluster import evaluate_raw_pixels
+
+        result = evaluate_raw_pixels(cfg, split=split)
+    print_scores({f"{method} ({split})": result})
     if out is not None:
         write_json(out, result)
 

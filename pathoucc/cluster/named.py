@@ -98,6 +98,9 @@ def fit_with_examples(model: torch.nn.Module, cfg: Config, examples_path: str | 
             notes.append(f"{examples_path.name}: class {names[c]!r} has examples only on slides outside the "
                          "training tiles; its centre starts from them (they are still not scored)")
     k = _named_k(cfg, k, names, fit_tiles)
+    if len(np.unique(all_labels)) > k:
+        raise PathouccError(f"{len(np.unique(all_labels))} named classes have examples but k={k}: each needs its "
+                            "own cluster; raise --k or drop classes", examples_path)
     unlabelled, source = train_features(model, cfg, fit_tiles, batch_size, device, progress, amp=amp)
     source = f"{source} + {len(all_labels)} labelled example patches ({examples_path})"
     cm, more = named_cluster_model(unlabelled, np.concatenate(features), all_labels, names, k, cfg.seed, source)

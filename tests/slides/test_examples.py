@@ -89,7 +89,7 @@ def test_bad_examples_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(PathouccError, match="line 3: class 'stroma' is not one of the given classes"):
         class_list(examples, ["tumour", "necrosis"], tmp_path / "examples.csv")
     (tmp_path / "bad.csv").write_text("slide,x,y\ncase1,1,2\n")
-    with pytest.raises(PathouccError, match="lacks column.s. class"):
+    with pytest.raises(PathouccError, match=r"lacks column\(s\) class"):
         read_examples(tmp_path / "bad.csv")
     (tmp_path / "nan.csv").write_text("slide,x,y,class\ncase1,abc,2,a\n")
     with pytest.raises(PathouccError, match="line 2: x and y must be numbers"):
@@ -102,7 +102,7 @@ def test_bad_examples_are_one_line_errors(tmp_path: Path) -> None:
     open_ring = qupath([{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1],
                                                                                              [0, 1]]]},
                          "properties": {"classification": {"name": "a"}}}], tmp_path / "open.geojson")
-    with pytest.raises(PathouccError, match="feature 0: ring 0 has 4 points|not closed"):
+    with pytest.raises(PathouccError, match=r"feature 0: ring 0 is not closed"):
         read_examples(open_ring)
 
 
