@@ -25,7 +25,7 @@ from pathoucc.data.augment import step_seed
 from pathoucc.data.loader import to_model_input
 from pathoucc.data.pool import Pool
 from pathoucc.models.factory import create_encoder
-from pathoucc.runtime import seed_everything, select_device
+from pathoucc.runtime import autocast, autocast_dtype, seed_everything, select_device
 from pathoucc.training.distributed import World
 from pathoucc.training.loop import LoopPlan, run_loop
 from pathoucc.training.schedule import lr_factor
@@ -76,7 +76,8 @@ def iic_step(state: TrainState, batch: dict[str, Any], cfg: Config) -> dict[str,
     generator = torch.Generator().manual_seed(batch["seed"])
     state.set_lr(cfg.train.lr * lr_factor(cfg, state.step, state.elapsed))
     state.net.train()
-    loss = iic_loss(state.net(x), state.net(random_affine(x, generator)))
+    with autocast(state.device, state.amp_dtype):
+        loss = iic_loss(state.net(x), state.net(random_affine(x, generator)))
     state.optimise(loss)
     return {"iic_loss": loss.detach(), "lr": state.lr}
 
@@ -94,15 +95,16 @@ def _batches(pool: Pool, batch_size: int, seed: int, start: int) -> Iterator[dic
 
 def train_iic(cfg: Config, pool: Pool, k: int, batch_size: int = 512, progress: bool = False) -> tuple[IICNet, dict]:
     """Train :class:`IICNet` with ``k`` clusters on ``pool`` for ``train.steps`` steps or ``train.max_minutes``
-    (Adam at ``train.lr`` on the config's schedule); returns the model (eval mode) and the last log record
-    (``iic_loss``, ``step``, ``elapsed_s``)."""
+    (Adam at ``train.lr`` on the config's schedule, mixed precision with ``train.amp``); returns the model (eval
+    mode) and the last log record (``iic_loss``, ``step``, ``elapsed_s``)."""
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     seed_everything(cfg.seed)
     device = select_device(cfg.train.device)
     net = IICNet(cfg, k).to(device)
+    amp_dtype = autocast_dtype(device, cfg.train.amp)
     state = TrainState({"model": net}, net, torch.optim.Adam(net.parameters(), lr=cfg.train.lr),
-                       torch.amp.GradScaler("cuda", enabled=False), device, None)
+                       torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16), device, amp_dtype)
     plan = LoopPlan(steps=cfg.train.steps, log_every=cfg.train.log_every, checkpoint_every=0, checkpoint=None,
                     log_path=None, budget_s=cfg.train.max_minutes * 60 if cfg.train.max_minutes else math.inf,
                     label="iic", show=lambda r: f"iic_loss {r.get('iic_loss', float('nan')):.3f}")
