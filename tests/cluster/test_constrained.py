@@ -3,6 +3,7 @@ names saved with the k-means; and MNIST/IDX-style evaluation named by a few labe
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -107,3 +108,19 @@ def test_labelled_share_options_are_checked(tiny_config) -> None:
                                                                       "labelled_fraction": 0.1}})
     with pytest.raises(PathouccError, match="--examples"):
         config_from_dict({"data": {"source": "tiles", "labelled_fraction": 0.1}})
+
+
+def test_evaluate_names_clusters_from_labelled_train_instances(monkeypatch, capsys, tiny_config, tmp_path) -> None:
+    from helpers import run_cli
+
+    from pathoucc.training.train import train_ucc
+
+    run = train_ucc(config_from_dict(tiny_config | {"eval": {"k": 10, "n_init": 2}}), tmp_path / "run")
+    code, out, err = run_cli(monkeypatch, capsys, "evaluate", str(run), "--labels-per-class", "3", "--device", "cpu")
+    assert code == 0, err
+    metrics = json.loads((run / "metrics.json").read_text())
+    named = metrics["test+examples"]
+    assert named["num_examples"] == 30 and named["kmeans"]["fit"] == "examples" and "named accuracy" in out
+    assert 0 < named["named_accuracy"] <= named["accuracy"] + 1e-9
+    code, _, err = run_cli(monkeypatch, capsys, "evaluate", str(run), "--labels-per-class", "0")
+    assert code == 2 and "labels_per_class" in err and len(err.strip().splitlines()) == 1
