@@ -33,7 +33,9 @@ class DataConfig(Section):
     slides that CLAM/TRIDENT coordinate files among the tiles refer to (default: next to each coordinate file or up
     to two folders up). ``streaming`` (tiles only): read each step's patches from the files on demand instead of
     loading every patch into memory (the same bags and numbers either way). ``num_workers``: DataLoader processes
-    preparing steps ahead of training (reading, augmenting; 0 = in the training process; 4-8 feed a GPU)."""
+    preparing steps ahead of training (reading, augmenting; 0 = in the training process; 4-8 feed a GPU).
+    ``labelled_fraction`` / ``labels_per_class`` (MNIST/IDX, at most one): a seeded, stratified share (or count)
+    of each class of the ``train`` split whose labels name the clusters at evaluation (constrained k-means)."""
 
     source: Source = "mnist"
     root: str = "data"
@@ -44,6 +46,17 @@ class DataConfig(Section):
     slide_dir: str | None = None
     streaming: bool = True
     num_workers: int = Field(0, ge=0)
+    labelled_fraction: float | None = Field(None, gt=0.0, le=1.0)
+    labels_per_class: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_label_share(self) -> DataConfig:
+        if self.labelled_fraction is not None and self.labels_per_class is not None:
+            raise ValueError("give data.labelled_fraction or data.labels_per_class, not both")
+        if (self.labelled_fraction or self.labels_per_class) and self.source == "tiles":
+            raise ValueError("data.labelled_fraction / labels_per_class pick MNIST/IDX instances; for slides "
+                             "pass --examples FILE to cluster or segment")
+        return self
 
 
 class BagsConfig(Section):

@@ -43,13 +43,17 @@ class TileOptions(Section):
 class SegmentOptions(Section):
     """How ``pathoucc segment`` clusters slides: ``k`` clusters (default: ``eval.k`` or the training classes),
     ``batch_size`` patches per forward pass (default: from ``eval.batch_size``), the ``device``, and a label ``mask``
-    (or folder of masks) to score against; ``amp``: mixed-precision features (default: the run's ``eval.amp``)."""
+    (or folder of masks) to score against; ``amp``: mixed-precision features (default: the run's ``eval.amp``).
+    ``examples``: a labelled-examples file (QuPath GeoJSON points/polygons, or ``slide,x,y,class`` CSV) that names
+    the clusters (the ``examples`` fit, refitted and saved); ``classes``: the class names it may use."""
 
     k: int | None = Field(None, ge=2)
     batch_size: int | None = Field(None, ge=1)
     device: Device = "auto"
     mask: Path | None = None
     amp: bool | None = None
+    examples: Path | None = None
+    classes: list[str] | None = Field(None, min_length=1)
 
 
 class ViewOptions(Section):

@@ -48,7 +48,9 @@ def print_scores(rows: dict[str, dict[str, Any]]) -> None:
         counts, val = result.get("count_consistency"), result.get("val_ucc_accuracy")
         notes = ([f"clusters match the count in {counts['exact']:.0%} of {counts['regions']} regions (mean "
                   f"|clusters - count| {counts['mean_abs_error']:.2f})"] if counts else []) + (
-                 [f"validation count accuracy {val:.4f}"] if val is not None else [])
+                 [f"validation count accuracy {val:.4f}"] if val is not None else []) + (
+                 [f"named accuracy {result['named_accuracy']:.4f} (cluster names from {result['num_examples']} "
+                  "labelled train instances, no matching)"] if "named_accuracy" in result else [])
         if notes:
             typer.echo(f"{name}: {'; '.join(notes)}")
 
@@ -71,3 +73,8 @@ def print_segment_scores(rows: list[dict[str, Any]]) -> None:
     console = Console()
     console.print(table)
     console.print(per)
+    for r in rows:
+        if "named" in r:
+            typer.echo(f"{r['slide']}: named accuracy (cluster names vs classes, no matching, the "
+                       f"{r['num_examples']} examples left out): patches {r['named']['patches']['accuracy']:.4f}, "
+                       f"map {r['named']['map']['accuracy']:.4f}")

@@ -10,12 +10,16 @@ Two fits, one rule each, named in every scores file (``kmeans.fit`` and ``kmeans
   of the training tile files, or the ``train`` split of MNIST/IDX) and reused on every slide, so a cluster means
   the same on every slide.
 
+- ``examples`` (:func:`pathoucc.cluster.constrained.named_cluster_model`, ``--examples`` of ``cluster`` /
+  ``segment``): the ``train`` fit's patches plus a few labelled ones, by constrained k-means; its clusters carry
+  the class names (``names``), saved in the same ``kmeans-k{K}.npz``.
+
 (The count-consistent refinement fits its own k-means on the training region patches each round, on the same
 :func:`~pathoucc.data.pool.subsample` of at most ``MAX_FIT_PATCHES``.)
 
 ``<run>/kmeans-k{K}.npz`` holds ``centers`` (K, J) float32, ``k``, ``seed``, ``temperature`` (the mean squared
 distance of the fitting features to their centre, the scale of the soft assignments) and ``source`` (what it
-was fitted on, a string).
+was fitted on, a string), and for the ``examples`` fit ``fit`` and ``names`` (K,) (cluster ``c``'s name).
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from pathoucc.runtime import progress_bar
 from pathoucc.slides.tilefile import open_tiles
 
 __all__ = ["MAX_FIT_PATCHES", "ClusterModel", "HeldoutFit", "KMeansFit", "cluster_run", "default_k", "fit_kmeans",
-           "fit_on_heldout", "fit_on_train", "load_or_fit", "training_pool"]
+           "fit_on_heldout", "fit_on_train", "load_or_fit", "train_features", "training_pool"]
 
 MAX_FIT_PATCHES = 100_000  # at most this many training patches (a seeded random subset) are used to fit
 
@@ -57,6 +61,7 @@ class KMeansFit(StrEnum):
 
     HELDOUT = "heldout"  # the scored split's own features (transductive), per evaluation
     TRAIN = "train"  # a seeded subset of <= MAX_FIT_PATCHES training patches: the run's kmeans-k{K}.npz
+    EXAMPLES = "examples"  # the train fit's patches plus labelled examples, constrained: clusters with names
 
 
 def fit_kmeans(features: np.ndarray, k: int, seed: int = 0, n_init: int = 10) -> KMeans:
@@ -79,12 +84,20 @@ class ClusterModel:
     seed: int = 0
     temperature: float = 1.0
     source: str = ""
-    fit: KMeansFit = KMeansFit.TRAIN  # a saved k-means is always the run's ``train`` fit
+    fit: KMeansFit = KMeansFit.TRAIN  # a saved k-means is the run's ``train`` or ``examples`` fit
+    names: list[str] | None = None  # (K,) cluster names of the ``examples`` fit
 
-    def describe(self) -> dict[str, str | int]:
+    def describe(self) -> dict[str, str | int | list[str]]:
         """What a scores file records of this k-means: ``fit`` (its :class:`KMeansFit`), ``fitted_on``, ``k``,
-        ``seed``."""
-        return {"fit": self.fit.value, "fitted_on": self.source, "k": self.k, "seed": self.seed}
+        ``seed``, and for the ``examples`` fit ``names``."""
+        out: dict[str, str | int | list[str]] = {"fit": self.fit.value, "fitted_on": self.source, "k": self.k,
+                                                 "seed": self.seed}
+        return out | ({"names": list(self.names)} if self.names else {})
+
+    @property
+    def cluster_names(self) -> list[str]:
+        """The name of each cluster: its class for the ``examples`` fit, else ``cluster c``."""
+        return list(self.names) if self.names else [f"cluster {c}" for c in range(self.k)]
 
     @property
     def k(self) -> int:
@@ -115,7 +128,8 @@ class ClusterModel:
         """Write the ``.npz`` atomically."""
         with atomic_path(path) as tmp, tmp.open("wb") as f:
             np.savez(f, centers=self.centers.astype(np.float32), k=np.int64(self.k), seed=np.int64(self.seed),
-                     temperature=np.float64(self.temperature), source=np.str_(self.source))
+                     temperature=np.float64(self.temperature), source=np.str_(self.source),
+                     fit=np.str_(self.fit.value), names=np.asarray(self.cluster_names, dtype=np.str_))
 
     @classmethod
     def load(cls, path: str | Path, num_features: int | None = None) -> ClusterModel:
@@ -126,19 +140,22 @@ class ClusterModel:
                 centers = np.asarray(z["centers"], np.float32)
                 k, seed, temperature = int(z["k"]), int(z["seed"]), float(z["temperature"])
                 source = str(z["source"]) if "source" in z.files else ""
+                fit = KMeansFit(str(z["fit"])) if "fit" in z.files else KMeansFit.TRAIN
+                names = [str(n) for n in z["names"]] if fit is KMeansFit.EXAMPLES else None
         except FileNotFoundError:
             raise PathouccError("k-means file not found", path) from None
-        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        except (OSError, KeyError, ValueError, zipfile.BadZipFile, EOFError) as exc:  # ValueError: a bad fit too
             raise PathouccError(f"not a k-means file (.npz with centers, k, seed, temperature): "
                                 f"{type(exc).__name__}", path) from None
-        if centers.ndim != 2 or len(centers) != k or k < 2 or not np.isfinite(centers).all() or temperature <= 0:
+        if (centers.ndim != 2 or len(centers) != k or k < 2 or not np.isfinite(centers).all() or temperature <= 0
+                or (names is not None and len(names) != k)):
             raise PathouccError(f"invalid k-means file: centers {centers.shape}, k={k}, temperature={temperature}",
                                 path)
         if num_features is not None and centers.shape[1] != num_features:
             raise PathouccError(f"k-means centres have {centers.shape[1]} features but the run's model gives "
                                 f"{num_features}; it belongs to another run (delete it or refit with "
                                 "`pathoucc cluster`)", path)
-        return cls(centers, seed, temperature, source)
+        return cls(centers, seed, temperature, source, fit, names)
 
 
 def default_k(cfg: Config, tile_paths: list[str | Path] | None = None) -> int:
@@ -187,19 +204,29 @@ def fit_on_train(model: torch.nn.Module, cfg: Config, k: int, tile_paths: list[s
     """The ``train`` fit: k-means (``cfg.seed``, ``cfg.eval.n_init``) on the features of a seeded subset of at
     most ``max_patches`` patches of :func:`training_pool`, in mixed precision with ``amp`` (default
     ``eval.amp``), read batch by batch."""
+    features, source = train_features(model, cfg, tile_paths, batch_size, device, progress, max_patches, amp)
+    if len(features) < k:
+        raise PathouccError(f"only {len(features)} training patches for k={k} clusters")
+    km = fit_kmeans(features, k, cfg.seed, cfg.eval.n_init)
+    return _cluster_model(km, len(features), cfg.seed, KMeansFit.TRAIN, source)
+
+
+def train_features(model: torch.nn.Module, cfg: Config, tile_paths: list[str | Path] | None = None,
+                   batch_size: int = 256, device: torch.device | str = "cpu", progress: bool = False,
+                   max_patches: int = MAX_FIT_PATCHES, amp: bool | None = None) -> tuple[np.ndarray, str]:
+    """Features ``(n, J)`` float32 of the seeded subset of at most ``max_patches`` patches of
+    :func:`training_pool` that the ``train`` fit uses, and their description."""
     pool, source = training_pool(cfg, tile_paths)
     rows = subsample(len(pool), max_patches, cfg.seed)
-    if len(rows) < k:
-        raise PathouccError(f"only {len(rows)} training patches for k={k} clusters")
     dtype = inference_dtype(cfg, device, amp)
-    parts = []
+    parts: list[np.ndarray] = []
     with progress_bar(progress, "k-means features", len(rows)) as advance:
         for _, f in iter_features(model, pool, batch_size, device, rows, dtype):
             parts.append(f)
             advance(len(f))
-    features = np.concatenate(parts)
-    km = fit_kmeans(features, k, cfg.seed, cfg.eval.n_init)
-    return _cluster_model(km, len(features), cfg.seed, KMeansFit.TRAIN, source)
+    if not parts:
+        raise PathouccError(f"no training patches to fit k-means on ({source})")
+    return np.concatenate(parts), source
 
 
 @dataclass

@@ -11,14 +11,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from pathoucc.cluster.features import check_fits_model, default_batch_size, inference_dtype, resolve_device
 from pathoucc.cluster.kmeans import ClusterModel, load_or_fit
+from pathoucc.cluster.named import fit_with_examples
 from pathoucc.errors import PathouccError
 from pathoucc.files import ensure_writable_dir
 from pathoucc.options import SegmentOptions
-from pathoucc.run import load_run
+from pathoucc.run import kmeans_path, load_run
 from pathoucc.segment.grid import MapGrid, accumulate_map, map_grid
-from pathoucc.segment.maps import cluster_colors
+from pathoucc.segment.maps import name_colors
 from pathoucc.segment.segment import Segmentation, score_segmentation, segment_tiles
 from pathoucc.segment.write import write_segmentation
 from pathoucc.slides.tilefile import open_tiles
@@ -31,12 +34,14 @@ __all__ = [
 
 @dataclass
 class SegmentReport:
-    """What :func:`segment_run` did: the k-means used (and whether it was fitted now), and each slide's result."""
+    """What :func:`segment_run` did: the k-means used (and whether it was fitted now), each slide's result, and
+    the notes of the labelled examples (skips), one line each."""
 
     kmeans: ClusterModel
     kmeans_path: Path
     fitted: bool
     slides: list[Segmentation] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def _mask_for(mask: Path | None, tiles_path: Path, many: bool) -> Path | None:
@@ -61,8 +66,9 @@ def segment_run(run_dir: str | Path, tile_paths: list[str | Path], out: str | Pa
                 slide_dir: str | Path | None = None) -> SegmentReport:
     """Segment every tile file with a trained run; outputs go to ``<out>/<slide stem>/`` (default
     ``<run>/segments``). Every slide is clustered with the run's shared ``kmeans-k{k}.npz`` (the ``train`` fit of
-    :class:`~pathoucc.cluster.kmeans.KMeansFit`, fitted on its training data first if absent); ``scores.json``
-    records it under ``kmeans``.
+    :class:`~pathoucc.cluster.kmeans.KMeansFit`, fitted on its training data first if absent; with
+    ``options.examples`` the ``examples`` fit, refitted and saved, whose clusters carry class names);
+    ``scores.json`` records it under ``kmeans``.
     ``slide_dir`` (default: the run's ``data.slide_dir``) holds the slides of CLAM/TRIDENT coordinate files."""
     options = options or SegmentOptions()
     run_dir = Path(run_dir)
@@ -86,15 +92,26 @@ def segment_run(run_dir: str | Path, tile_paths: list[str | Path], out: str | Pa
     masks = [_mask_for(mask, p, len(paths) > 1) for p in paths]
     ensure_writable_dir(out)
     batch_size = options.batch_size or default_batch_size(cfg)
-    cm, km_path, fitted = load_or_fit(run_dir, model, cfg, options.k, batch_size=batch_size, device=dev,
-                                      progress=progress, amp=options.amp)
+    examples: dict[str, np.ndarray] = {}
+    notes: list[str] = []
+    if options.examples is not None:  # the examples fit, saved as the run's k-means
+        named = fit_with_examples(model, cfg, options.examples, options.k, options.classes, paths,
+                                  batch_size=batch_size, device=dev, progress=progress, amp=options.amp,
+                                  slide_dir=slide_dir)
+        cm, km_path, fitted, examples, notes = (named.kmeans, kmeans_path(run_dir, named.kmeans.k), True,
+                                                named.examples, named.notes)
+        cm.save(km_path)
+    else:
+        cm, km_path, fitted = load_or_fit(run_dir, model, cfg, options.k, batch_size=batch_size, device=dev,
+                                          progress=progress, amp=options.amp)
     dtype = inference_dtype(cfg, dev, options.amp)  # the precision the k-means was fitted in, by default
-    colors = cluster_colors(cm.k)
-    report = SegmentReport(cm, km_path, fitted)
+    colors = name_colors(cm.cluster_names)
+    report = SegmentReport(cm, km_path, fitted, notes=notes)
     for path, slide_mask in zip(paths, masks, strict=True):
         with open_tiles(path, slide_dir) as tiles:
             seg = segment_tiles(model, cm, tiles, batch_size, dev, progress, dtype)
-            seg.scores = score_segmentation(seg, tiles, slide_mask)
+            seg.examples = examples.get(str(path.resolve()))
+            seg.scores = score_segmentation(seg, tiles, slide_mask, named=cm.names is not None)
             if seg.scores is not None:  # scored with the run's shared ``train`` k-means, not a per-slide fit
                 seg.scores["kmeans"] = cm.describe() | {"path": str(km_path.resolve())}
             folder = write_segmentation(seg, tiles, out, colors, {"run": str(run_dir.resolve()),

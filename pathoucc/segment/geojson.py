@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from pathoucc.files import write_json
 
-__all__ = ["label_features", "trace_rings", "write_feature_collection"]
+__all__ = ["label_features", "tile_features", "trace_rings", "write_feature_collection"]
 
 Ring = list[tuple[int, int]]
 
@@ -150,7 +150,25 @@ def label_features(labels: np.ndarray, *, origin: tuple[float, float] = (0.0, 0.
     return features
 
 
-def _point(x: int, y: int, origin: tuple[float, float], scale: float) -> list[float | int]:
+def tile_features(coords: np.ndarray, extent: float, clusters: np.ndarray, distances: np.ndarray,
+                  names: Sequence[str], colors: Sequence[Sequence[int]], seed: str = "") -> list[dict]:
+    """One QuPath ``tile`` object per patch: the square of side ``extent`` at level-0 top-left ``coords`` (N, 2),
+    classified ``names[cluster]`` in ``colors[cluster]``, with measurements ``cluster distance`` (the squared
+    feature distance to its cluster's centre, ``distances`` (N,)) and ``cluster`` (its index)."""
+    features = []
+    for i, ((x, y), c, d) in enumerate(zip(np.asarray(coords).tolist(), np.asarray(clusters).tolist(),
+                                           np.asarray(distances, np.float64).tolist(), strict=True)):
+        x1, y1 = x + extent, y + extent
+        ring = [_point(x, y, (0, 0), 1), _point(x1, y, (0, 0), 1), _point(x1, y1, (0, 0), 1),
+                _point(x, y1, (0, 0), 1), _point(x, y, (0, 0), 1)]
+        props = {"objectType": "tile", "classification": {"name": names[c], "color": [int(v) for v in colors[c][:3]]},
+                 "measurements": {"cluster distance": round(d, 6), "cluster": c}}
+        features.append({"type": "Feature", "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"pathoucc:{seed}:tile:{i}")),
+                         "geometry": {"type": "Polygon", "coordinates": [ring]}, "properties": props})
+    return features
+
+
+def _point(x: float, y: float, origin: tuple[float, float], scale: float) -> list[float | int]:
     px, py = origin[0] + scale * x, origin[1] + scale * y
     return [int(px) if float(px).is_integer() else round(px, 3), int(py) if float(py).is_integer() else round(py, 3)]
 

@@ -6,6 +6,9 @@ A map is ``(H, W)`` int (cluster per cell, -1 = no patch) whose cell ``(r, c)`` 
 
 from __future__ import annotations
 
+import colorsys
+import hashlib
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,9 +18,16 @@ from PIL import Image
 from pathoucc.files import atomic_path
 from pathoucc.slides.patchfile import PatchFile
 
-__all__ = ["cluster_colors", "map_image", "map_on_image", "patch_mosaic", "save_overlay", "save_png"]
+__all__ = ["QUPATH_COLORS", "cluster_colors", "map_image", "map_on_image", "name_color", "name_colors", "patch_mosaic",
+           "save_overlay", "save_png"]
 
 BACKGROUND = (255, 255, 255)
+# QuPath's default classes keep QuPath's own colours (PathClassFactory), so imported outputs look familiar
+QUPATH_COLORS = {"tumor": (200, 0, 0), "tumour": (200, 0, 0), "stroma": (150, 200, 150),
+                 "immune cells": (160, 90, 160), "necrosis": (50, 50, 50), "other": (255, 200, 0),
+                 "region*": (0, 0, 180), "ignore*": (180, 180, 180), "positive": (200, 50, 50),
+                 "negative": (112, 112, 225)}
+_UNNAMED = re.compile(r"cluster (\d+)")
 
 
 def cluster_colors(k: int) -> np.ndarray:
@@ -31,6 +41,27 @@ def cluster_colors(k: int) -> np.ndarray:
     else:
         rgb = colormaps["hsv"](np.linspace(0, 1, k, endpoint=False))[:, :3]
     return np.rint(np.asarray(rgb, np.float64) * 255).astype(np.uint8)
+
+
+def name_color(name: str) -> tuple[int, int, int]:
+    """The colour of a cluster named ``name``, the same on every slide and in every run: QuPath's colour for its
+    default classes, tab10 colour ``c`` for an unnamed ``cluster c`` (c < 10; its light tab20 shade for
+    c < 20), else a hue from a hash of the name (saturation 0.65, value 0.85)."""
+    if name.lower() in QUPATH_COLORS:
+        return QUPATH_COLORS[name.lower()]
+    unnamed = _UNNAMED.fullmatch(name)
+    if unnamed and int(unnamed.group(1)) < 20:
+        c = int(unnamed.group(1))  # tab10, then tab20's light shades of it
+        r, g, b = (int(v) for v in (cluster_colors(10)[c] if c < 10 else cluster_colors(20)[2 * (c - 10) + 1]))
+        return r, g, b
+    hue = int.from_bytes(hashlib.sha256(name.encode()).digest()[:4], "big") / 2**32
+    r, g, b = colorsys.hsv_to_rgb(hue, 0.65, 0.85)
+    return round(r * 255), round(g * 255), round(b * 255)
+
+
+def name_colors(names: Sequence[str]) -> np.ndarray:
+    """``(k, 3)`` uint8: :func:`name_color` of each cluster name."""
+    return np.asarray([name_color(n) for n in names], np.uint8).reshape(-1, 3)
 
 
 def map_image(cluster_map: np.ndarray, colors: np.ndarray) -> np.ndarray:

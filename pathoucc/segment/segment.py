@@ -37,6 +37,8 @@ class Segmentation:
     cluster_map: np.ndarray  # (H, W) int16, -1 = no patch
     labels: np.ndarray | None = None  # (N,) int64, -1 unknown
     class_names: list[str] | None = None
+    cluster_names: list[str] = field(default_factory=list)  # (K,) the k-means' names ("cluster c" unnamed)
+    examples: np.ndarray | None = None  # (N,) int64 the cluster a labelled example names, -1 = not an example
     scores: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -69,11 +71,16 @@ def segment_tiles(model: torch.nn.Module, cluster_model: ClusterModel, tiles: Pa
         sums, counts = accumulate_map(cells, probabilities, grid)
         cluster_map = np.where(counts > 0, sums.argmax(2), -1).astype(np.int16)
     return Segmentation(tiles.path.stem, tiles.path, tiles.coords, clusters, distances, probabilities, grid,
-                        cluster_map, tiles.labels, tiles.class_names)
+                        cluster_map, tiles.labels, tiles.class_names, cluster_model.cluster_names)
 
 
-def score_segmentation(seg: Segmentation, tiles: PatchFile, mask: str | Path | None = None) -> dict[str, Any] | None:
+def score_segmentation(seg: Segmentation, tiles: PatchFile, mask: str | Path | None = None,
+                       named: bool = False) -> dict[str, Any] | None:
     """Scores against the ground truth, or None without any: the tile file's patch labels, or ``mask``.
+
+    Labelled examples (``seg.examples`` >= 0) and the map cells they cover are never scored. With ``named``
+    (the ``examples`` fit) ``named`` scores each patch and cell by its cluster's *name* against the class name,
+    with no matching (a cluster whose name is no class is wrong).
 
     ``mask`` is a label image aligned with level 0 at any downsample (0 = unlabelled, v = class v - 1); it
     relabels the patches (majority under each patch) and each map cell. Without a mask a cell's class is the
@@ -100,6 +107,10 @@ def score_segmentation(seg: Segmentation, tiles: PatchFile, mask: str | Path | N
     known = labels >= 0
     if not known.any():
         raise PathouccError("the mask labels none of the patches (it does not overlap the tissue)", mask)
+    examples = seg.examples if seg.examples is not None else np.full(len(labels), -1, np.int64)
+    known &= examples < 0
+    if not known.any():
+        raise PathouccError("every labelled patch is a labelled example; none is left to score", seg.tiles_path)
     names = list(names) if names else [str(i) for i in range(int(max(labels.max(), truth.max())) + 1)]
     seg.labels, seg.class_names = labels, names
     patch = clustering_scores(labels[known], seg.clusters[known]) | {"num_patches": int(known.sum())}
@@ -108,6 +119,9 @@ def score_segmentation(seg: Segmentation, tiles: PatchFile, mask: str | Path | N
     for cluster, cls in mapping.items():
         lookup[cluster] = cls
     valid = (seg.cluster_map >= 0) & (truth >= 0)
+    if (examples >= 0).any():  # cells under an example are not scored either
+        cells = grid.patch_cells(seg.coords[examples >= 0])
+        valid &= accumulate_map(cells, np.ones((len(cells), 1), np.float32), grid)[1] == 0
     pred, gt = lookup[seg.cluster_map[valid].astype(np.int64)], truth[valid]
     per_class = {names[c] if c < len(names) else str(c): v for c, v in dice_iou(pred, gt).items()}
     in_truth = [v for name, v in per_class.items() if v["cells"] > 0]
@@ -117,6 +131,16 @@ def score_segmentation(seg: Segmentation, tiles: PatchFile, mask: str | Path | N
         "mean_iou": float(np.mean([v["iou"] for v in in_truth])) if in_truth else 0.0,
         "num_cells": int(valid.sum()), "cell": grid.cell, "per_class": per_class,
     }
-    return {"slide": seg.name, "k": int(seg.distances.shape[1]), "ground_truth": str(mask or "tile labels"),
-            "patches": patch, "map": map_scores,
-            "matching": {f"cluster {c}": names[v] if v < len(names) else str(v) for c, v in sorted(mapping.items())}}
+    out = {"slide": seg.name, "k": int(seg.distances.shape[1]), "ground_truth": str(mask or "tile labels"),
+           "cluster_names": list(seg.cluster_names), "patches": patch, "map": map_scores,
+           "matching": {f"cluster {c}": names[v] if v < len(names) else str(v) for c, v in sorted(mapping.items())},
+           "num_examples": int((examples >= 0).sum())}
+    if named:
+        by_name = np.asarray([names.index(n) if n in names else -1 for n in seg.cluster_names], np.int64)
+        named_pred = by_name[seg.cluster_map[valid].astype(np.int64)]
+        per_name = {names[c] if c < len(names) else str(c): v for c, v in dice_iou(named_pred, gt).items()}
+        out["named"] = {
+            "patches": {"accuracy": float(np.mean(by_name[seg.clusters[known]] == labels[known]))},
+            "map": {"accuracy": float(np.mean(named_pred == gt)) if gt.size else 0.0,
+                    "per_class": {n: v for n, v in per_name.items() if n in names}}}
+    return out

@@ -2,11 +2,19 @@
 in at the end)
 
 * ``clusters.h5``  coords (N, 2) level-0, cluster (N,), distances and probabilities (N, K), labels (N,) if known,
-  map (H, W) int16 with attribute ``cell`` (level-0 px per map cell);
-* ``clusters.csv`` ``x,y,cluster[,label]`` per patch;
-* ``cluster_map.png`` one pixel per map cell; ``overlay.png`` the map over the slide thumbnail, with a legend;
-* ``clusters.geojson`` one QuPath annotation per connected region of each cluster, level-0 coordinates;
+  examples (N,) (the cluster a labelled example names, -1 elsewhere) if any, map (H, W) int16 with attribute
+  ``cell`` (level-0 px per map cell); attributes ``cluster_names`` (K,) and ``cluster_colors`` (K, 3);
+* ``clusters.csv`` ``x,y,cluster,name[,label][,example]`` per patch (``name``: the cluster's name);
+* ``cluster_map.png`` one pixel per map cell; ``overlay.png`` the map over the slide thumbnail, with a legend of
+  the cluster names;
+* ``clusters.geojson`` one QuPath annotation per connected region of each cluster, classified by the cluster's
+  name and colour, level-0 coordinates; ``patches.geojson`` one QuPath ``tile`` object per patch, classified the
+  same, with its ``cluster distance`` (squared feature distance to the centre) as a measurement;
 * ``scores.json`` when patch labels or a mask are available (see :func:`~.segment.score_segmentation`).
+
+Cluster names are the k-means' (:attr:`~pathoucc.cluster.kmeans.ClusterModel.cluster_names`: class names from
+labelled examples, else ``cluster c``); colours follow the name (:func:`~.maps.name_color`), so a class has
+the same colour on every slide and in every run.
 
 A new output format is one more writer called from :func:`_write_all`.
 """
@@ -22,7 +30,7 @@ import numpy as np
 
 from pathoucc.errors import PathouccError
 from pathoucc.files import atomic_dir, write_json
-from pathoucc.segment.geojson import label_features, write_feature_collection
+from pathoucc.segment.geojson import label_features, tile_features, write_feature_collection
 from pathoucc.segment.maps import map_image, map_on_image, patch_mosaic, save_overlay, save_png
 from pathoucc.segment.segment import Segmentation
 from pathoucc.slides.patchfile import PatchFile
@@ -46,22 +54,34 @@ def write_segmentation(seg: Segmentation, tiles: PatchFile, out_dir: str | Path,
 
 
 def _write_all(folder: Path, seg: Segmentation, tiles: PatchFile, colors: np.ndarray, attrs: dict[str, Any]) -> None:
-    _write_h5(folder / "clusters.h5", seg, tiles, attrs)
+    _write_h5(folder / "clusters.h5", seg, tiles, colors, attrs)
     _write_csv(folder / "clusters.csv", seg)
     _write_pictures(folder, seg, tiles, colors)
-    features = label_features(seg.cluster_map, scale=seg.grid.cell, colors=colors, seed=seg.name)
+    names = seg.cluster_names or [f"cluster {c}" for c in range(len(colors))]
+    features = label_features(seg.cluster_map, scale=seg.grid.cell, names=names, colors=colors, seed=seg.name)
     write_feature_collection(folder / "clusters.geojson", features)
+    own = seg.distances[np.arange(len(seg.clusters)), seg.clusters]
+    write_feature_collection(folder / "patches.geojson", tile_features(
+        seg.coords, tiles.patch_size * tiles.downsample, seg.clusters, own, names, colors, seed=seg.name))
     seg.extra["num_regions"] = len(features)
     if seg.scores is not None:
         write_json(folder / "scores.json", seg.scores)
 
 
 def _write_csv(path: Path, seg: Segmentation) -> None:
+    names = seg.cluster_names or [f"cluster {c}" for c in range(seg.distances.shape[1])]
+    examples = seg.examples if seg.examples is not None and (seg.examples >= 0).any() else None
     with path.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["x", "y", "cluster", *(["label"] if seg.labels is not None else [])])
-        rows = np.column_stack([seg.coords, seg.clusters, *([seg.labels] if seg.labels is not None else [])])
-        writer.writerows(rows.tolist())
+        writer.writerow(["x", "y", "cluster", "name", *(["label"] if seg.labels is not None else []),
+                         *(["example"] if examples is not None else [])])
+        cluster_name = np.asarray(names, dtype=object)[seg.clusters]
+        columns = [seg.coords[:, 0], seg.coords[:, 1], seg.clusters, cluster_name]
+        if seg.labels is not None:
+            columns.append(seg.labels)
+        if examples is not None:  # the class a labelled example was given ("" elsewhere)
+            columns.append(np.where(examples >= 0, np.asarray(names, dtype=object)[np.maximum(examples, 0)], ""))
+        writer.writerows(zip(*(c.tolist() for c in columns), strict=True))
 
 
 def _write_pictures(folder: Path, seg: Segmentation, tiles: PatchFile, colors: np.ndarray) -> None:
@@ -78,12 +98,13 @@ def _write_pictures(folder: Path, seg: Segmentation, tiles: PatchFile, colors: n
         seg.extra["overlay_background"] = "patch mosaic (slide file not found)"
     ds = (tiles.slide_dimensions[0] / picture.shape[1], tiles.slide_dimensions[1] / picture.shape[0])
     counts = np.bincount(seg.clusters, minlength=len(colors))
-    names = [f"cluster {c} ({counts[c]} patches)" for c in range(len(colors))]
+    names = [f"{n} ({counts[c]} patches)" for c, n in
+             enumerate(seg.cluster_names or [f"cluster {c}" for c in range(len(colors))])]
     save_overlay(folder / "overlay.png", map_on_image(seg.cluster_map, seg.grid.cell, picture, ds, colors),
                  colors, names, title=seg.name)
 
 
-def _write_h5(path: Path, seg: Segmentation, tiles: PatchFile, attrs: dict[str, Any]) -> None:
+def _write_h5(path: Path, seg: Segmentation, tiles: PatchFile, colors: np.ndarray, attrs: dict[str, Any]) -> None:
     with h5py.File(path, "w") as f:
         f.create_dataset("coords", data=seg.coords.astype(np.int64))
         f.create_dataset("cluster", data=seg.clusters.astype(np.int64))
@@ -91,11 +112,14 @@ def _write_h5(path: Path, seg: Segmentation, tiles: PatchFile, attrs: dict[str, 
         f.create_dataset("probabilities", data=seg.probabilities, compression="gzip", compression_opts=4)
         if seg.labels is not None:
             f.create_dataset("labels", data=seg.labels.astype(np.int64))
+        if seg.examples is not None and (seg.examples >= 0).any():
+            f.create_dataset("examples", data=seg.examples.astype(np.int64))
         m = f.create_dataset("map", data=seg.cluster_map, compression="gzip", compression_opts=4)
         m.attrs["cell"] = seg.grid.cell
         m.attrs["span"] = seg.grid.span
         for key, value in {"k": int(seg.distances.shape[1]), "tiles": str(tiles.path.resolve()),
                            "slide_path": tiles.slide_path, "slide_dimensions": list(tiles.slide_dimensions),
                            "patch_size": tiles.patch_size, "stride": tiles.stride, "downsample": tiles.downsample,
-                           **attrs}.items():
+                           "cluster_names": list(seg.cluster_names) or [f"cluster {c}" for c in range(len(colors))],
+                           "cluster_colors": np.asarray(colors, np.uint8), **attrs}.items():
             f.attrs[key] = value

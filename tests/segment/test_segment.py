@@ -130,10 +130,11 @@ def test_map_csv_and_h5_hold_the_right_clusters(segmented, design_slide) -> None
     np.testing.assert_array_equal(to_class[seg.cluster_map], design_slide["cells"])
     assert sorted(p.name for p in folder.parent.iterdir()) == ["design"]  # no temporary folders
     assert sorted(p.name for p in folder.iterdir()) == [
-        "cluster_map.png", "clusters.csv", "clusters.geojson", "clusters.h5", "overlay.png", "scores.json"]
+        "cluster_map.png", "clusters.csv", "clusters.geojson", "clusters.h5", "overlay.png", "patches.geojson",
+        "scores.json"]
     with (folder / "clusters.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(DESIGN) * len(DESIGN[0]) and list(rows[0]) == ["x", "y", "cluster", "label"]
+    assert len(rows) == len(DESIGN) * len(DESIGN[0]) and list(rows[0]) == ["x", "y", "cluster", "name", "label"]
     for row in rows:
         x, y, c = int(row["x"]), int(row["y"]), int(row["cluster"])
         assert to_class[c] == design_slide["cells"][y // P, x // P] == int(row["label"])
@@ -250,7 +251,7 @@ def test_overlay_falls_back_to_a_patch_mosaic(design_slide, segmented, tmp_path:
     h, w = expected.shape[:2]
     assert np.abs(overlay[:h, :w].astype(int) - expected).mean() < 2
     with (folder / "clusters.csv").open() as f:
-        assert f.readline().strip() == "x,y,cluster"
+        assert f.readline().strip() == "x,y,cluster,name"
 
 
 def test_accumulate_map_sums_over_covered_cells() -> None:
