@@ -36,7 +36,8 @@ class SlideView:
     cluster_map : (H, W) int16 map cells (-1 = no patch), each ``cell`` level-0 px square, from level-0 (0, 0).
     coords : (N, 2) int64 level-0 top-left of each patch, ``extent`` level-0 px square; clusters : (N,) int64;
     distance : (N,) float32 feature distance of each patch to its cluster's centre, or None if not recorded.
-    colors : (K, 3) uint8; names : K cluster names; counts : (K,) patches per cluster.
+    colors : (K, 3) uint8, the stored ``cluster_colors`` (else the default palette); names : K cluster names;
+    counts : (K,) patches per cluster.
     """
 
     id: str
@@ -110,6 +111,7 @@ def load_view(folder: str | Path, slide_dir: str | Path | None = None) -> SlideV
             clusters = np.asarray(f["cluster"][()], np.int64).ravel()
             dist2 = np.asarray(f["distances"][()], np.float32) if "distances" in f else None
             names = _names(f, attrs)
+            stored = np.asarray(attrs["cluster_colors"], np.uint8) if "cluster_colors" in attrs else None
     except (OSError, KeyError, ValueError, TypeError) as exc:
         raise PathouccError(f"not a readable segmentation file ({type(exc).__name__}: {exc})", path) from None
     k = int(attrs.get("k", 0)) or (int(clusters.max()) + 1 if clusters.size else 1)
@@ -118,6 +120,7 @@ def load_view(folder: str | Path, slide_dir: str | Path | None = None) -> SlideV
         raise PathouccError("inconsistent segmentation file (map, coords, clusters or k disagree)", path)
     if names is not None and len(names) != k:
         raise PathouccError(f"has {len(names)} cluster names for k = {k} clusters", path)
+    colors = stored if stored is not None and stored.shape == (k, 3) else cluster_colors(k)
     distance = None
     if dist2 is not None and dist2.shape == (len(clusters), k):
         distance = np.sqrt(np.maximum(dist2[np.arange(len(clusters)), clusters], 0)).astype(np.float32)
@@ -125,7 +128,7 @@ def load_view(folder: str | Path, slide_dir: str | Path | None = None) -> SlideV
     return SlideView(
         id=folder.name, name=folder.name, folder=folder, slide_path=slide_path, dimensions=dims, mpp=mpp,
         cluster_map=cluster_map, cell=cell, coords=coords, extent=cell * span, clusters=clusters, distance=distance,
-        colors=cluster_colors(k), names=names or [f"cluster {c}" for c in range(k)],
+        colors=colors, names=names or [f"cluster {c}" for c in range(k)],
         counts=np.bincount(clusters, minlength=k)[:k])
 
 
