@@ -15,7 +15,7 @@ from pathoucc.files import parse_yaml, read_yaml, write_text
 
 Device = Literal["auto", "cpu", "cuda"]  # auto: cuda when available, else cpu
 Split = Literal["test", "val"]  # the held-out split scored
-Source = Literal["mnist", "idx", "tiles"]  # where instances come from (DataConfig)
+Source = Literal["mnist", "idx", "tiles", "features"]  # where instances come from (DataConfig)
 KdePool = Literal["mean", "mean+max"]  # mean+max: also each bin's largest kernel value (presence)
 Schedule = Literal["constant", "cosine", "onecycle"]  # the learning-rate schedule
 Compression = Literal["gzip", "lzf", "none"]  # of the patches in tile files
@@ -33,7 +33,12 @@ class DataConfig(Section):
     slides that CLAM/TRIDENT coordinate files among the tiles refer to (default: next to each coordinate file or up
     to two folders up). ``streaming`` (tiles only): read each step's patches from the files on demand instead of
     loading every patch into memory (the same bags and numbers either way). ``num_workers``: DataLoader processes
-    preparing steps ahead of training (reading, augmenting; 0 = in the training process; 4-8 feed a GPU)."""
+    preparing steps ahead of training (reading, augmenting; 0 = in the training process; 4-8 feed a GPU).
+    ``features`` reads foundation-model feature files (TRIDENT, CLAM .h5/.pt, ``pathoucc features``; files or
+    folders) for training, ``test_features`` for scoring; ``annotations`` is a count-only GeoJSON/CSV or label mask,
+    or a folder of them by slide name; ``patch_size_level0`` gives the level-0 patch side of CLAM files (which do
+    not record it; default: the smallest gap between their coordinates); ``region_size``: with a label mask, the bags
+    are windows of this many output px (as ``pathoucc tile --region-size``). See docs/features.md."""
 
     source: Source = "mnist"
     root: str = "data"
@@ -44,6 +49,11 @@ class DataConfig(Section):
     slide_dir: str | None = None
     streaming: bool = True
     num_workers: int = Field(0, ge=0)
+    features: list[str] = Field(default_factory=list)
+    test_features: list[str] = Field(default_factory=list)
+    annotations: str | None = None
+    patch_size_level0: float | None = Field(None, gt=0)
+    region_size: int = Field(512, ge=1)
 
 
 class BagsConfig(Section):
@@ -75,9 +85,12 @@ class BagsConfig(Section):
 
 
 class ModelConfig(Section):
-    """Backbone (``conv``, ``resnet`` or a timm model name), feature head, KDE, ucc MLP and decoder."""
+    """Backbone (``conv``, ``resnet``, a timm model name, or ``mlp``: the projection of feature vectors of
+    ``input_dim`` values through hidden ``widths``, for ``data.source: features``; ``input_dim`` unset: taken from
+    the feature files), feature head, KDE, ucc MLP and decoder."""
 
     backbone: str = "conv"
+    input_dim: int | None = Field(None, ge=1)
     widths: list[int] = Field(default_factory=lambda: [32, 64, 128])
     blocks_per_stage: int = Field(1, ge=1)
     in_chans: int = Field(1, ge=1)
@@ -160,9 +173,14 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _refine_needs_regions(self) -> Config:
-        if self.refine.steps and self.data.source != "tiles":
-            raise ValueError("refine.steps needs count-labelled regions: data.source must be tiles "
+        if self.refine.steps and self.data.source not in ("tiles", "features"):
+            raise ValueError("refine.steps needs count-labelled regions: data.source must be tiles or features "
                              f"(got {self.data.source!r}); set refine.steps: 0")
+        if (self.data.source == "features") != (self.model.backbone == "mlp"):
+            raise ValueError("data.source features and model.backbone mlp go together (feature vectors in, no "
+                             f"image encoder); got source {self.data.source!r}, backbone {self.model.backbone!r}")
+        if self.data.source == "features" and self.data.augment:
+            raise ValueError("data.augment transforms images; feature vectors take none (set data.augment: [])")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -63,7 +63,9 @@ def segment_run(run_dir: str | Path, tile_paths: list[str | Path], out: str | Pa
     ``<run>/segments``). Every slide is clustered with the run's shared ``kmeans-k{k}.npz`` (the ``train`` fit of
     :class:`~pathoucc.cluster.kmeans.KMeansFit`, fitted on its training data first if absent); ``scores.json``
     records it under ``kmeans``.
-    ``slide_dir`` (default: the run's ``data.slide_dir``) holds the slides of CLAM/TRIDENT coordinate files."""
+    ``slide_dir`` (default: the run's ``data.slide_dir``) holds the slides of CLAM/TRIDENT coordinate files, and
+    those of feature files for their overlays (a feature file whose slide is not found gets no overlay, and
+    ``extra["notice"]`` says so)."""
     options = options or SegmentOptions()
     run_dir = Path(run_dir)
     dev = resolve_device(options.device)
@@ -78,7 +80,7 @@ def segment_run(run_dir: str | Path, tile_paths: list[str | Path], out: str | Pa
         if path.stem in seen:
             raise PathouccError(f"has the same name as {seen[path.stem]}; outputs would collide", path)
         seen[path.stem] = path
-        with open_tiles(path, slide_dir) as tiles:
+        with open_tiles(path, slide_dir, cfg.data.patch_size_level0) as tiles:
             check_fits_model(tiles, cfg, path)
     mask = options.mask
     if mask is not None and not mask.exists():
@@ -92,7 +94,7 @@ def segment_run(run_dir: str | Path, tile_paths: list[str | Path], out: str | Pa
     colors = cluster_colors(cm.k)
     report = SegmentReport(cm, km_path, fitted)
     for path, slide_mask in zip(paths, masks, strict=True):
-        with open_tiles(path, slide_dir) as tiles:
+        with open_tiles(path, slide_dir, cfg.data.patch_size_level0) as tiles:
             seg = segment_tiles(model, cm, tiles, batch_size, dev, progress, dtype)
             seg.scores = score_segmentation(seg, tiles, slide_mask)
             if seg.scores is not None:  # scored with the run's shared ``train`` k-means, not a per-slide fit

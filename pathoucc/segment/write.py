@@ -4,7 +4,8 @@ in at the end)
 * ``clusters.h5``  coords (N, 2) level-0, cluster (N,), distances and probabilities (N, K), labels (N,) if known,
   map (H, W) int16 with attribute ``cell`` (level-0 px per map cell);
 * ``clusters.csv`` ``x,y,cluster[,label]`` per patch;
-* ``cluster_map.png`` one pixel per map cell; ``overlay.png`` the map over the slide thumbnail, with a legend;
+* ``cluster_map.png`` one pixel per map cell; ``overlay.png`` the map over the slide thumbnail, with a legend (a
+  feature file whose slide is not found has none);
 * ``clusters.geojson`` one QuPath annotation per connected region of each cluster, level-0 coordinates;
 * ``scores.json`` when patch labels or a mask are available (see :func:`~.segment.score_segmentation`).
 
@@ -68,10 +69,17 @@ def _write_pictures(folder: Path, seg: Segmentation, tiles: PatchFile, colors: n
     """``cluster_map.png`` and ``overlay.png`` (over the slide's thumbnail, or its patches if the slide is gone)."""
     save_png(folder / "cluster_map.png", map_image(seg.cluster_map, colors))
     try:
+        if not tiles.slide_path:
+            raise PathouccError("the slide was not found", tiles.path)
         with open_slide(tiles.slide_path) as slide:
             picture = slide.thumbnail(THUMBNAIL_SIZE)
         seg.extra["overlay_background"] = "slide thumbnail"
-    except PathouccError:  # the slide is gone: draw the patches themselves
+    except PathouccError:  # the slide is gone: draw the patches themselves (feature vectors: no overlay)
+        if not tiles.has_pixels:
+            seg.extra["overlay_background"] = None
+            seg.extra["notice"] = (f"{tiles.path.name}: no overlay.png, its slide was not found (give the slides' "
+                                   "folder with --slides)")
+            return
         w, h = tiles.slide_dimensions
         scale = max(1.0, max(w, h) / THUMBNAIL_SIZE)
         picture = patch_mosaic(tiles, (max(1, round(w / scale)), max(1, round(h / scale))))
