@@ -34,7 +34,7 @@ from pathoucc.slides.reader import Slide, open_slide
 __all__ = ["CoordsFile", "coords_layout", "find_slide", "grid_stride", "positive_int", "read_coords_file", "slide_name"]
 
 Layout = Literal["clam", "trident"]
-_H5_SUFFIXES = (".h5", ".hdf5")
+_H5_SUFFIXES = (".h5", ".hdf5", ".pt")  # never a slide: coords and feature files
 
 
 def coords_layout(f: h5py.File) -> Layout | None:
