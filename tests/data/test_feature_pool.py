@@ -58,7 +58,7 @@ def test_regions_by_the_centre_rule(cohort, tmp_path) -> None:
 
 
 def test_csv_and_mask_annotations(cohort, tmp_path) -> None:
-    path, features, labels, counts = cohort["a"]
+    path, _, labels, _ = cohort["a"]
     ann = tmp_path / "csv"
     ann.mkdir()
     (ann / "a.csv").write_text("slide,x,y,width,height,ucc\na,0,0,64,64,3\na,64,64,64,32,1\n")
@@ -113,8 +113,8 @@ def test_regions_that_cover_no_row(cohort, tmp_path) -> None:
     with pytest.raises(PathouccError, match="none of the 1 count regions gives a bag") as info:
         pool_from_features([path], _cfg(tmp_path, annotations=str(ann)), need_regions=True)
     assert str(ann / "a.csv") in str(info.value)
-    with pytest.raises(PathouccError, match="data.annotations is unset"):
+    with pytest.raises(PathouccError, match=r"data\.annotations is unset"):
         pool_from_features([path], _cfg(tmp_path, annotations=None), need_regions=True)
-    with pytest.raises(PathouccError, match="no annotation file for a.h5"):
+    with pytest.raises(PathouccError, match=r"no annotation file for a\.h5"):
         pool_from_features([path], _cfg(tmp_path, annotations=str(tmp_path / "features_uni_v1")),
                            need_regions=True)

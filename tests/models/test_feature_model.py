@@ -49,7 +49,7 @@ def test_model_input_keeps_feature_vectors() -> None:
 
 def test_no_decoder_and_unset_dimension() -> None:
     assert create_model(_model_cfg(decoder=False), 2).decoder is None
-    with pytest.raises(PathouccError, match="model.input_dim is unset"):
+    with pytest.raises(PathouccError, match=r"model\.input_dim is unset"):
         create_model(_model_cfg(input_dim=None), 2)
 
 
