@@ -33,6 +33,7 @@ import numpy as np
 from pathoucc.errors import PathouccError
 from pathoucc.files import read_torch
 from pathoucc.slides.coords import find_slide, grid_stride, positive_int, slide_name
+from pathoucc.slides.h5rows import RawRows, read_h5_rows
 from pathoucc.slides.patchfile import PatchFile
 from pathoucc.slides.reader import open_slide
 
@@ -71,21 +72,27 @@ class FeatureFile(PatchFile):
                 self._data = _read_pt(self.path, mmap=True).numpy()
             else:
                 self._file = h5py.File(self.path, "r")
-                self._data = self._file["features"]
+                self._data = RawRows.of(self._file["features"], self.path) or self._file["features"]
         return self._data
 
     def _read_pixels(self, index: slice | np.ndarray) -> np.ndarray:
         """Feature rows ``index`` as ``(n, D)`` float32; a NaN/inf row is an error naming the file."""
         data = self._rows()
-        if isinstance(index, slice) or isinstance(data, np.ndarray):
+        if isinstance(data, RawRows):
+            index = np.arange(self.num_patches)[index] if isinstance(index, slice) else index
+            unique, inverse = np.unique(index, return_inverse=True)
+            rows = np.asarray(data.read(unique), np.float32)[inverse.ravel()]
+        elif isinstance(index, slice) or isinstance(data, np.ndarray):
             rows = np.asarray(data[index], np.float32)
         else:
-            rows = _read_h5_rows(data, index)
+            rows = read_h5_rows(data, index)
         if not np.isfinite(rows).all():
             raise PathouccError("feature rows hold NaN or inf values", self.path)
         return rows
 
     def close(self) -> None:
+        if isinstance(self._data, RawRows):
+            self._data.close()
         if self._file is not None:
             self._file.close()
         self._file, self._data = None, None
@@ -94,19 +101,6 @@ class FeatureFile(PatchFile):
         state = self.__dict__.copy()
         state["_file"], state["_data"] = None, None
         return state
-
-
-def _read_h5_rows(data: h5py.Dataset, index: np.ndarray) -> np.ndarray:
-    """Rows ``index`` (any order, repeats) of an HDF5 dataset: each run of nearby rows is one slice read."""
-    if not index.size:
-        return np.zeros((0, data.shape[1]), np.float32)
-    unique, inverse = np.unique(index, return_inverse=True)
-    breaks = np.flatnonzero(np.diff(unique) > 8) + 1  # a gap of up to 8 rows is read through
-    out = np.empty((len(unique), data.shape[1]), np.float32)
-    for run in np.split(np.arange(len(unique)), breaks):
-        lo, hi = int(unique[run[0]]), int(unique[run[-1]]) + 1
-        out[run] = np.asarray(data[lo:hi], np.float32)[unique[run] - lo]
-    return out[inverse.ravel()]
 
 
 def is_feature_file(path: str | Path) -> bool:

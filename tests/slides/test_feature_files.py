@@ -15,6 +15,7 @@ from PIL import Image
 
 from pathoucc.errors import PathouccError
 from pathoucc.slides.features import FeatureFile, is_feature_file, open_features
+from pathoucc.slides.h5rows import RawRows, read_h5_rows
 from pathoucc.slides.tilefile import open_tiles
 
 
@@ -138,3 +139,32 @@ def test_nan_written_after_opening_is_caught_on_read(cohort, tmp_path) -> None:
         h["features"][10, 0] = np.nan
     with pytest.raises(PathouccError, match="NaN or inf"):
         f.read([10, 11])
+
+
+@pytest.mark.parametrize("layout", ["one-row chunks", "32-row chunks, appended", "contiguous", "gzip"])
+def test_fast_row_reader_matches_h5py(tmp_path, layout) -> None:
+    rows = np.random.default_rng(0).standard_normal((100, 6)).astype(np.float32)
+    path = tmp_path / "rows.h5"
+    with h5py.File(path, "w") as f:
+        if layout == "contiguous":
+            f.create_dataset("x", data=rows)
+        elif layout == "gzip":
+            f.create_dataset("x", data=rows, chunks=(10, 6), compression="gzip")
+        else:
+            rpc = 1 if layout == "one-row chunks" else 32
+            ds = f.create_dataset("x", (0, 6), np.float32, maxshape=(None, 6), chunks=(rpc, 6))
+            for a in range(0, 100, 30):  # appended batch after batch, another dataset growing in between
+                ds.resize(min(100, a + 30), axis=0)
+                ds[a:a + 30] = rows[a:a + 30]
+                f.require_dataset(f"other{a}", (5,), np.int64)
+    index = np.array([0, 1, 2, 31, 32, 33, 64, 99])
+    with h5py.File(path) as f:
+        raw = RawRows.of(f["x"], path)
+        np.testing.assert_array_equal(read_h5_rows(f["x"], np.array([99, 0, 0, 50])), rows[[99, 0, 0, 50]])
+    if layout == "gzip":
+        assert raw is None  # compressed chunks go through h5py
+        return
+    try:
+        np.testing.assert_array_equal(raw.read(index), rows[index])
+    finally:
+        raw.close()
