@@ -1,16 +1,18 @@
 """Training throughput of the UCC head on feature files, and its memory against the number of rows streamed.
 
     nice -n 10 python tools/bench_feature_rows.py --work bench/feature-rows --rows 200000 2000000 --dim 256 \
-        --throughput-rows 200000 --throughput-dim 1024 --steps 150 --out docs/results/feature-rows.json
+        --throughput-rows 200000 --throughput-dims 1024 512 --threads 1 2 --workers 0 1 --steps 150 \
+        --out docs/results/feature-rows.json
 
 Writes synthetic cohorts of TRIDENT-layout feature files (``features`` (N, D) float32 in chunks of one row and
 ``coords`` (N, 2) int64 with TRIDENT's attributes, exactly as ``save_h5`` writes them; 10 000 rows a slide on a
-100 x 100 grid of 256-px patches) and one count-only regions CSV (8 x 8-patch windows, 64 rows each, counts 1-4
-drawn at random), then trains ``--steps`` steps of the UCC head (``mlp`` projection D -> 256 -> 128 -> 10
-features, KDE, count classifier, feature decoder) on each cohort, each in its own process, streamed from the
-files (``data.source: features``). Reports per run: rows per step, training rows/s (steps x rows per step /
-training seconds, validation excluded), the time to open and check the cohort, and the process's peak RSS
-(VmHWM). Features are random (the numbers measure speed and memory, not accuracy).
+100 x 100 grid of 256-px patches) and a count-only regions CSV per slide (8 x 8-patch windows, 64 rows each,
+counts 1-4 drawn at random), then trains ``--steps`` steps of the UCC head (``mlp`` projection D -> ``--widths``
+-> 10 features, KDE, count classifier; ``--decoder`` adds the feature decoder) on each cohort, each in its own
+process, streamed from the files (``data.source: features``): the throughput cohort for every D, thread count
+and DataLoader worker count given, the memory sweep with the first of each. Reports per run: rows per step,
+training rows/s (steps x rows per step / training seconds, validation excluded), the time to open and check the
+cohort, and the process's peak RSS (VmHWM). Features are random (the numbers measure speed and memory, not accuracy).
 """
 
 from __future__ import annotations
@@ -30,23 +32,27 @@ PER_FILE, GRID, EXTENT, WINDOW = 10_000, 100, 256, 8
 
 
 def write_cohort(folder: Path, rows: int, dim: int, seed: int = 0) -> tuple[list[str], Path]:
-    """``rows`` feature rows in files of ``PER_FILE`` (TRIDENT layout) and their regions CSV; kept if present."""
+    """``rows`` feature rows in files of ``PER_FILE`` (TRIDENT layout, kept if present) and the folder of their
+    regions CSVs (one per slide)."""
     import h5py
 
     folder.mkdir(parents=True, exist_ok=True)
     ys, xs = np.divmod(np.arange(PER_FILE), GRID)
     coords = np.stack([xs * EXTENT, ys * EXTENT], 1).astype(np.int64)
     rng = np.random.default_rng(seed)
-    paths, lines = [], ["slide,x,y,width,height,ucc"]
+    paths = []
+    regions = folder / "regions"
+    regions.mkdir(exist_ok=True)
     for i in range(rows // PER_FILE):
         name = f"slide{i:04d}"
         path = folder / "features_synthetic" / f"{name}.h5"
         paths.append(str(path))
-        for r in range(0, GRID, WINDOW):
+        lines = ["slide,x,y,width,height,ucc"]
+        for r in range(0, GRID - WINDOW + 1, WINDOW):
             for c in range(0, GRID - WINDOW + 1, WINDOW):
-                if r + WINDOW <= GRID:
-                    lines.append(f"{name},{c * EXTENT},{r * EXTENT},{WINDOW * EXTENT},{WINDOW * EXTENT},"
-                                 f"{int(rng.integers(1, 5))}")
+                lines.append(f"{name},{c * EXTENT},{r * EXTENT},{WINDOW * EXTENT},{WINDOW * EXTENT},"
+                             f"{int(rng.integers(1, 5))}")
+        (regions / f"{name}.csv").write_text("\n".join(lines) + "\n")
         if path.is_file():
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,8 +67,6 @@ def write_cohort(folder: Path, rows: int, dim: int, seed: int = 0) -> tuple[list
                              "target_magnification": 20, "overlap": 0, "name": name, "savetodir": str(folder),
                              "level0_width": GRID * EXTENT, "level0_height": GRID * EXTENT})
         tmp.rename(path)
-    regions = folder / "regions.csv"
-    regions.write_text("\n".join(lines) + "\n")
     return paths, regions
 
 
@@ -78,10 +82,11 @@ def child(args: argparse.Namespace) -> None:
     paths = json.loads(Path(args.paths).read_text())
     cfg = config_from_dict({
         "name": "feature-rows", "seed": 0,
-        "data": {"source": "features", "features": paths, "annotations": args.regions, "val_fraction": 0.0},
+        "data": {"source": "features", "features": paths, "annotations": args.regions, "val_fraction": 0.0,
+                 "num_workers": args.workers},
         "bags": {"bag_size": 64, "bags_per_batch": args.bags, "ucc_min": 1, "ucc_max": 4},
-        "model": {"backbone": "mlp", "widths": [256, 128], "num_features": 10, "mlp": [384, 192],
-                  "decoder_widths": [128]},
+        "model": {"backbone": "mlp", "widths": args.widths, "num_features": 10, "mlp": [384, 192],
+                  "decoder": args.decoder, "decoder_widths": [128]},
         "train": {"steps": args.steps, "val_every": 10**6, "checkpoint_every": 10**6, "log_every": 50,
                   "device": "cpu", "num_threads": args.threads, "amp": False},
     })
@@ -100,10 +105,11 @@ def child(args: argparse.Namespace) -> None:
                       "steps": args.steps, "rows_per_step": float(np.mean(per_step)),
                       "train_seconds": round(elapsed, 2), "rows_per_s": round(sum(per_step) / elapsed),
                       "open_and_check_s": round(opened, 1), "peak_rss_gb_after_open": round(rss_open, 3),
-                      "peak_rss_gb": round(peak_rss_gb(), 3), "threads": args.threads}))
+                      "peak_rss_gb": round(peak_rss_gb(), 3), "threads": args.threads, "workers": args.workers,
+                      "widths": args.widths, "decoder": args.decoder}))
 
 
-def run_one(work: Path, rows: int, dim: int, args: argparse.Namespace) -> dict:
+def run_one(work: Path, rows: int, dim: int, args: argparse.Namespace, threads: int, workers: int) -> dict:
     folder = work / f"cohort-{rows}-d{dim}"
     t = time.perf_counter()
     paths, regions = write_cohort(folder, rows, dim)
@@ -111,7 +117,8 @@ def run_one(work: Path, rows: int, dim: int, args: argparse.Namespace) -> dict:
     (folder / "paths.json").write_text(json.dumps(paths))
     run = folder / f"run-{time.strftime('%H%M%S')}"
     cmd = [sys.executable, __file__, "--child", "--paths", str(folder / "paths.json"), "--regions", str(regions),
-           "--run", str(run), "--steps", str(args.steps), "--bags", str(args.bags), "--threads", str(args.threads)]
+           "--run", str(run), "--steps", str(args.steps), "--bags", str(args.bags), "--threads", str(threads),
+           "--workers", str(workers), "--widths", *map(str, args.widths), *(["--decoder"] if args.decoder else [])]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1]) | {"write_s": round(write_s, 1)}
     print(json.dumps(result), flush=True)
@@ -124,10 +131,13 @@ def main() -> None:
     parser.add_argument("--rows", type=int, nargs="+", default=[200_000, 2_000_000])
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--throughput-rows", type=int, default=200_000)
-    parser.add_argument("--throughput-dim", type=int, default=1024)
+    parser.add_argument("--throughput-dims", type=int, nargs="+", default=[1024, 512])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--bags", type=int, default=16, help="regions (of 64 rows) per step")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads (throughput runs)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[0, 1], help="DataLoader workers (throughput)")
+    parser.add_argument("--widths", type=int, nargs="+", default=[128], help="model.widths of the projection")
+    parser.add_argument("--decoder", action="store_true", help="with the feature decoder (model.decoder)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--paths", help=argparse.SUPPRESS)
@@ -135,10 +145,12 @@ def main() -> None:
     parser.add_argument("--run", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
+        args.threads, args.workers = args.threads[0], args.workers[0]
         child(args)
         return
-    throughput = run_one(args.work, args.throughput_rows, args.throughput_dim, args)
-    sweep = [run_one(args.work, rows, args.dim, args) for rows in args.rows]
+    throughput = [run_one(args.work, args.throughput_rows, dim, args, t, w)
+                  for dim in args.throughput_dims for t in args.threads for w in args.workers]
+    sweep = [run_one(args.work, rows, args.dim, args, args.threads[0], args.workers[0]) for rows in args.rows]
     if args.out is not None:
         command = "nice -n 10 python tools/bench_feature_rows.py " + " ".join(sys.argv[1:])
         args.out.write_text(json.dumps({

@@ -15,7 +15,7 @@ __all__ = ["RawRows", "read_h5_rows"]
 
 class RawRows:
     """The rows of an uncompressed HDF5 dataset read with ``os.pread`` at their chunks' byte offsets (found once),
-    bypassing HDF5's per-chunk lookup (about 30 us a row for TRIDENT's one-row chunks; a pread is ~2 us). Nothing
+    bypassing HDF5's per-chunk lookup (about 30 us a row for TRIDENT's one-row chunks, a few us with a pread). Nothing
     is mapped, so the rows read never count in the process's memory."""
 
     def __init__(self, path: Path, offsets: np.ndarray, rows_per_chunk: int, dtype: np.dtype, dim: int) -> None:
