@@ -61,12 +61,14 @@ def pool_from_tiles(paths: list[str], need_regions: bool, slide_dir: str | None 
     ``slide_dir`` holds the slides of CLAM/TRIDENT coordinate files among ``paths``. With ``streaming`` the pool
     reads patches from the files on demand (:class:`StreamingPool`) instead of holding them in memory."""
     images, labels, region, ucc, sizes = [], [], [], [], []
-    size = None
+    size, shape = None, None
     for path in paths:
         with open_tiles(path, slide_dir) as tiles:
             if size is not None and tiles.patch_size != size:
                 raise PathouccError(f"patch size {tiles.patch_size} differs from the other tile files ({size})", path)
-            size = tiles.patch_size
+            if shape is not None and tiles.shape != shape:
+                raise PathouccError(f"instances of shape {tiles.shape} differ from the other files' {shape}", path)
+            size, shape = tiles.patch_size, tiles.shape
             if need_regions and (tiles.region is None or tiles.region_count is None):
                 raise PathouccError("tile file has no regions (bags) with counts: tile it with --mask, --geojson "
                                     "or --regions-csv" + (" (a CLAM/TRIDENT coordinate file has none: it serves "
@@ -87,7 +89,7 @@ def pool_from_tiles(paths: list[str], need_regions: bool, slide_dir: str | None 
             np.concatenate(region).astype(np.int64) if ucc else None,
             np.concatenate(ucc).astype(np.int64) if ucc else None)
     if streaming:
-        return StreamingPool(paths, sizes, int(size or 0), *meta, slide_dir=slide_dir)
+        return StreamingPool(paths, sizes, int(size or 0), *meta, slide_dir=slide_dir, shape=shape)
     return InstancePool(np.concatenate(images), *meta)
 
 

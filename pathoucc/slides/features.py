@@ -39,7 +39,7 @@ from pathoucc.slides.reader import open_slide
 
 __all__ = ["FeatureFile", "is_feature_file", "open_features"]
 
-_SCAN_ROWS = 1 << 16  # rows checked for NaN/inf at once when a file is opened
+_SCAN_ROWS = 8192  # rows checked for NaN/inf at once when a file is opened (32 MB at D = 1024)
 
 
 @dataclass(kw_only=True)
@@ -70,9 +70,12 @@ class FeatureFile(PatchFile):
         if self._data is None:
             if self.layout == "clam-pt":
                 self._data = _read_pt(self.path, mmap=True).numpy()
-            else:
+            else:  # raw reads need no HDF5 handle (nor its metadata cache, megabytes for one-row chunks)
                 self._file = h5py.File(self.path, "r")
                 self._data = RawRows.of(self._file["features"], self.path) or self._file["features"]
+                if isinstance(self._data, RawRows):
+                    self._file.close()
+                    self._file = None
         return self._data
 
     def _read_pixels(self, index: slice | np.ndarray) -> np.ndarray:
@@ -157,9 +160,25 @@ def open_features(path: str | Path, slide: str | Path | None = None,
             if not isinstance(ds, h5py.Dataset):
                 raise PathouccError("has no 'features' dataset: not a feature file", path)
             coords, attrs = _coords(f, path)
-            dim = _check_rows(ds, len(coords), path, scan)
+            dim = _check_rows(ds, len(coords), path, scan=False)
+            raw = RawRows.of(ds, path)  # kept open: the file's first reads need no new lookup
+            try:
+                if scan:
+                    _scan_rows(ds if raw is None else raw, len(coords), path)
+            except PathouccError:
+                if raw is not None:
+                    raw.close()
+                raise
             trident = "patch_size_level0" in attrs or "target_magnification" in attrs
             meta = {"layout": "trident" if trident else "clam", "root": dict(f.attrs), "features": dict(ds.attrs)}
+        try:
+            out = _feature_file(path, coords, attrs, dim, meta, slide, patch_size_level0)
+        except PathouccError:
+            if raw is not None:
+                raw.close()
+            raise
+        out._data = raw
+        return out
     return _feature_file(path, coords, attrs, dim, meta, slide, patch_size_level0)
 
 
@@ -190,13 +209,20 @@ def _check_rows(rows: Any, n: int, path: Path, scan: bool) -> int:
         raise PathouccError(f"holds {rows.shape[0]} feature rows but {n} coords: they must pair one to one", path)
     if n == 0:
         raise PathouccError("it holds zero feature rows", path)
-    for a in range(0, n if scan else 0, _SCAN_ROWS):
-        part = np.asarray(rows[a:a + _SCAN_ROWS])
+    if scan:
+        _scan_rows(rows, n, path)
+    return int(rows.shape[1])
+
+
+def _scan_rows(rows: Any, n: int, path: Path) -> None:
+    """Refuse ``rows`` (an array, an HDF5 dataset or a :class:`RawRows`) if any of its ``n`` rows holds NaN/inf."""
+    for a in range(0, n, _SCAN_ROWS):
+        b = min(n, a + _SCAN_ROWS)
+        part = rows.read(np.arange(a, b)) if isinstance(rows, RawRows) else np.asarray(rows[a:b])
         bad = ~np.isfinite(part).all(1)
         if bad.any():
             raise PathouccError(f"feature row {a + int(np.argmax(bad))} holds NaN or inf "
-                                f"({int(bad.sum())} such rows in rows {a}..{a + len(part) - 1})", path)
-    return int(rows.shape[1])
+                                f"({int(bad.sum())} such rows in rows {a}..{b - 1})", path)
 
 
 def _feature_file(path: Path, coords: np.ndarray, attrs: dict[str, Any], dim: int, meta: dict[str, Any],

@@ -94,6 +94,9 @@ def test_cluster_and_bad_files(monkeypatch, capsys, feature_run, tmp_path) -> No
     run = feature_run["run"]
     code, out, err = run_cli(monkeypatch, capsys, "cluster", str(run), "--device", "cpu")
     assert code == 0 and "k=3 on 4 features" in out, err
+    code, out, err = run_cli(monkeypatch, capsys, "cluster", str(run), "--tiles", str(feature_run["clam"]),
+                             "--k", "4", "--device", "cpu")  # fitted on other feature files
+    assert code == 0 and "k=4 on 4 features" in out and (run / "kmeans-k4.npz").is_file(), err
     features, coords, _, _ = feature_cohort(0, side=SIDE, dim=8)
     odd = write_trident_features(tmp_path / "d8" / "odd.h5", features, coords, width=192, height=192)
     code, _, err = run_cli(monkeypatch, capsys, "segment", str(run), str(odd), "--out", str(tmp_path / "o"))
