@@ -15,7 +15,7 @@ from pathoucc.files import parse_yaml, read_yaml, write_text
 
 Device = Literal["auto", "cpu", "cuda"]  # auto: cuda when available, else cpu
 Split = Literal["test", "val"]  # the held-out split scored
-Source = Literal["mnist", "idx", "tiles", "features"]  # where instances come from (DataConfig)
+Source = Literal["mnist", "idx", "features", "tiles"]  # where instances come from (DataConfig)
 KdePool = Literal["mean", "mean+max"]  # mean+max: also each bin's largest kernel value (presence)
 Schedule = Literal["constant", "cosine", "onecycle"]  # the learning-rate schedule
 Compression = Literal["gzip", "lzf", "none"]  # of the patches in tile files
