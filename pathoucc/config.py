@@ -15,7 +15,7 @@ from pathoucc.files import parse_yaml, read_yaml, write_text
 
 Device = Literal["auto", "cpu", "cuda"]  # auto: cuda when available, else cpu
 Split = Literal["test", "val"]  # the held-out split scored
-Source = Literal["mnist", "idx", "tiles"]  # where instances come from (DataConfig)
+Source = Literal["mnist", "idx", "features", "tiles"]  # where instances come from (DataConfig)
 KdePool = Literal["mean", "mean+max"]  # mean+max: also each bin's largest kernel value (presence)
 Schedule = Literal["constant", "cosine", "onecycle"]  # the learning-rate schedule
 Compression = Literal["gzip", "lzf", "none"]  # of the patches in tile files
@@ -35,7 +35,12 @@ class DataConfig(Section):
     loading every patch into memory (the same bags and numbers either way). ``num_workers``: DataLoader processes
     preparing steps ahead of training (reading, augmenting; 0 = in the training process; 4-8 feed a GPU).
     ``labelled_fraction`` / ``labels_per_class`` (MNIST/IDX, at most one): a seeded, stratified share (or count)
-    of each class of the ``train`` split whose labels name the clusters at evaluation (constrained k-means)."""
+    of each class of the ``train`` split whose labels name the clusters at evaluation (constrained k-means).
+    ``features`` reads foundation-model feature files (TRIDENT, CLAM .h5/.pt, ``pathoucc features``; files or
+    folders) for training, ``test_features`` for scoring; ``annotations`` is a count-only GeoJSON/CSV or label mask,
+    or a folder of them by slide name; ``patch_size_level0`` gives the level-0 patch side of CLAM files (which do
+    not record it; default: the smallest gap between their coordinates); ``region_size``: with a label mask, the bags
+    are windows of this many output px (as ``pathoucc tile --region-size``). See docs/features.md."""
 
     source: Source = "mnist"
     root: str = "data"
@@ -48,12 +53,17 @@ class DataConfig(Section):
     num_workers: int = Field(0, ge=0)
     labelled_fraction: float | None = Field(None, gt=0.0, le=1.0)
     labels_per_class: int | None = Field(None, ge=1)
+    features: list[str] = Field(default_factory=list)
+    test_features: list[str] = Field(default_factory=list)
+    annotations: str | None = None
+    patch_size_level0: float | None = Field(None, gt=0)
+    region_size: int = Field(512, ge=1)
 
     @model_validator(mode="after")
     def _one_label_share(self) -> DataConfig:
         if self.labelled_fraction is not None and self.labels_per_class is not None:
             raise ValueError("give data.labelled_fraction or data.labels_per_class, not both")
-        if (self.labelled_fraction or self.labels_per_class) and self.source == "tiles":
+        if (self.labelled_fraction or self.labels_per_class) and self.source in ("tiles", "features"):
             raise ValueError("data.labelled_fraction / labels_per_class pick MNIST/IDX instances; for slides "
                              "pass --examples FILE to cluster or segment")
         return self
@@ -88,9 +98,12 @@ class BagsConfig(Section):
 
 
 class ModelConfig(Section):
-    """Backbone (``conv``, ``resnet`` or a timm model name), feature head, KDE, ucc MLP and decoder."""
+    """Backbone (``conv``, ``resnet``, a timm model name, or ``mlp``: the projection of feature vectors of
+    ``input_dim`` values through hidden ``widths``, for ``data.source: features``; ``input_dim`` unset: taken from
+    the feature files), feature head, KDE, ucc MLP and decoder."""
 
     backbone: str = "conv"
+    input_dim: int | None = Field(None, ge=1)
     widths: list[int] = Field(default_factory=lambda: [32, 64, 128])
     blocks_per_stage: int = Field(1, ge=1)
     in_chans: int = Field(1, ge=1)
@@ -173,9 +186,14 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _refine_needs_regions(self) -> Config:
-        if self.refine.steps and self.data.source != "tiles":
-            raise ValueError("refine.steps needs count-labelled regions: data.source must be tiles "
+        if self.refine.steps and self.data.source not in ("tiles", "features"):
+            raise ValueError("refine.steps needs count-labelled regions: data.source must be tiles or features "
                              f"(got {self.data.source!r}); set refine.steps: 0")
+        if (self.data.source == "features") != (self.model.backbone == "mlp"):
+            raise ValueError("data.source features and model.backbone mlp go together (feature vectors in, no "
+                             f"image encoder); got source {self.data.source!r}, backbone {self.model.backbone!r}")
+        if self.data.source == "features" and self.data.augment:
+            raise ValueError("data.augment transforms images; feature vectors take none (set data.augment: [])")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -143,13 +143,14 @@ def write_torch(obj: Any, path: str | Path) -> None:
             raise write_error(err, path) from None
 
 
-def read_torch(path: str | Path, what: str = "file") -> Any:
+def read_torch(path: str | Path, what: str = "file", mmap: bool = False) -> Any:
     """Read a torch file safely (``weights_only=True``: tensors, numbers, strings, containers; no code) on the
-    CPU. Anything unreadable is a :class:`PathouccError` naming ``path``; ``what`` names the kind of file."""
+    CPU; ``mmap``: its tensors are memory-mapped from the file, not read into memory. Anything unreadable is a
+    :class:`PathouccError` naming ``path``; ``what`` names the kind of file."""
     import torch  # imported on use: tiling and the command line's start-up never need torch
 
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         raise PathouccError(f"corrupt or unreadable {what} ({type(exc).__name__})", path) from None
 

@@ -137,14 +137,16 @@ def cluster(
 @app.command()
 def segment(
     run: RunFolder,
-    tiles: Annotated[list[Path], typer.Argument(help="Tile files (.h5) of `pathoucc tile`, CLAM or TRIDENT")],
+    tiles: Annotated[list[Path], typer.Argument(
+        help="Tile files (.h5) of `pathoucc tile`, CLAM or TRIDENT, or feature files (TRIDENT/CLAM .h5, .pt)")],
     out: Annotated[Path | None, typer.Option("--out", help="Output folder (default <run>/segments)")] = None,
     k: Clusters = None,
     mask: Annotated[Path | None, typer.Option(help="Label mask to score against (or a folder of masks)")] = None,
     batch_size: BatchSize = None,
     device: Device = "auto",
     slides: Annotated[Path | None, typer.Option(
-        help="Slides folder of CLAM/TRIDENT coordinate files (default: data.slide_dir, else beside each)")] = None,
+        help="Slides folder of CLAM/TRIDENT coordinate files, and of feature files for overlays (default: "
+             "data.slide_dir, else beside each)")] = None,
     amp: Amp = None,
     examples: Examples = None,
     classes: Classes = None,
@@ -164,5 +166,7 @@ def segment(
     for seg in report.slides:
         typer.echo(f"{seg.name}: {len(seg.clusters)} patches, {seg.extra['num_regions']} regions -> "
                    f"{seg.extra['folder']}")
+        if seg.extra.get("notice"):
+            typer.echo(seg.extra["notice"])
     if any(s.scores for s in report.slides):
         print_segment_scores([s.scores for s in report.slides if s.scores])

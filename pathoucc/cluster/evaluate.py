@@ -44,7 +44,7 @@ SPLITS = ("test", "val")  # the held-out splits that can be scored
 class EvalResult(TypedDict):
     """The scores of one split (one entry of ``metrics.json``).
 
-    method : ``ucc``, ``autoencoder`` or ``kmeans-raw-pixels``; kmeans : the k-means used
+    method : ``ucc``, ``autoencoder``, ``kmeans-raw-pixels`` or ``kmeans-frozen-features``; kmeans : the k-means used
     (:meth:`~pathoucc.cluster.kmeans.ClusterModel.describe`: ``fit`` = ``heldout``, ``fitted_on``, ``k``, ``seed``);
     num_instances : instances clustered; num_labelled : of them with a class label (the ones scored);
     cluster_sizes : (k,) instances per cluster; accuracy, nmi, ari : against the labels, only where some exist;
@@ -202,11 +202,17 @@ def evaluate_snapshots(run_dir: str | Path, split: str = "test", device: torch.d
 
 def evaluate_raw_pixels(cfg: Config, split: str = "test") -> EvalResult:
     """The baseline: the ``heldout`` k-means (or with labelled examples the ``examples`` fit) directly on the
-    pixels (scaled to [0, 1]) of the ``split`` instances."""
+    pixels (scaled to [0, 1]) of the ``split`` instances, or on their feature vectors as stored (feature files:
+    k-means on the frozen features)."""
     name = _split(split, cfg)
     pool = load_pools(cfg.data, (name,))[name]
-    features = pool.read(np.arange(len(pool))).reshape(len(pool), -1).astype(np.float32) / 255.0
+
+    def flat(rows: np.ndarray) -> np.ndarray:
+        out = rows.reshape(len(rows), -1).astype(np.float32)
+        return out / 255.0 if rows.dtype == np.uint8 else out
+
+    raw = pool.read(np.arange(len(pool)))
     found = example_rows(cfg)
-    examples = None if found is None else (
-        found[0].read(found[1]).reshape(len(found[1]), -1).astype(np.float32) / 255.0, found[0].labels[found[1]])
-    return score_split(features, pool, cfg, name, "kmeans-raw-pixels", examples)
+    examples = None if found is None else (flat(found[0].read(found[1])), found[0].labels[found[1]])
+    return score_split(flat(raw), pool, cfg, name, "kmeans-raw-pixels" if raw.dtype == np.uint8 else
+                       "kmeans-frozen-features", examples)

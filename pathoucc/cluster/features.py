@@ -1,7 +1,8 @@
 """Features of instances: a trained model's ``extract_features`` over anything that reads instances, batched.
 
-One extractor serves every :class:`~pathoucc.data.pool.Instances`: an in-memory or streamed pool and an open tile
-or coords file (read ``batch_size`` patches at a time, so memory does not grow with the slide or the cohort).
+One extractor serves every :class:`~pathoucc.data.pool.Instances`: an in-memory or streamed pool (of patches or of
+feature vectors) and an open tile, coords or feature file (read ``batch_size`` instances at a time, so memory does
+not grow with the slide or the cohort).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathoucc.config import Config
 from pathoucc.data.loader import to_model_input
 from pathoucc.data.pool import Instances
 from pathoucc.errors import PathouccError
+from pathoucc.models import input_shape
 from pathoucc.models.encoders import TimmEncoder
 from pathoucc.runtime import autocast, autocast_dtype, select_device
 
@@ -29,7 +31,8 @@ def iter_features(model: torch.nn.Module, source: Instances, batch_size: int = 2
                   dtype: torch.dtype | None = None) -> Iterator[tuple[slice, np.ndarray]]:
     """Stream features: yields ``(positions, features (n, J) float32)``, ``batch_size`` instances at a time.
 
-    ``model`` has ``extract_features((n, C, H, W) float in [0, 1]) -> (n, J)`` and is put in eval mode.
+    ``model`` has ``extract_features((n, C, H, W) float in [0, 1], or (n, D) feature vectors) -> (n, J)`` and is
+    put in eval mode.
     ``index`` (sorted) restricts to those instances; ``positions`` index into it (or into all instances).
     Pixels go to the device as uint8; ``dtype`` (e.g. ``runtime.autocast_dtype(device)``) runs the model under
     autocast in that precision (bf16 on CPUs with AMX/AVX512-BF16 is several times faster than fp32). timm
@@ -60,8 +63,16 @@ def extract_features(model: torch.nn.Module, source: Instances,
 
 
 def check_fits_model(source: Instances, cfg: Config, path: str | Path) -> None:
-    """Raise :class:`PathouccError` naming ``path`` (the tile file) unless the instances of ``source`` (shape
-    (C, H, W)) are what the run's model takes."""
+    """Raise :class:`PathouccError` naming ``path`` (the tile or feature file) unless the instances of ``source``
+    (shape (C, H, W), or (D,)) are what the run's model takes."""
+    expected = input_shape(cfg.model)
+    if len(expected) == 1 or len(source.shape) == 1:
+        if tuple(source.shape) != expected:
+            have = f"{source.shape[0]}-dimensional feature vectors" if len(source.shape) == 1 else "image patches"
+            want = (f"{expected[0]}-dimensional feature vectors (model.input_dim)" if len(expected) == 1
+                    else "image patches (a pixel model)")
+            raise PathouccError(f"the file holds {have} but the run's model takes {want}", path)
+        return
     channels, height, width = source.shape
     if channels != cfg.model.in_chans:
         kind = "RGB (3 channels)" if channels == 3 else f"{channels}-channel"
@@ -74,8 +85,9 @@ def check_fits_model(source: Instances, cfg: Config, path: str | Path) -> None:
 
 
 def default_batch_size(cfg: Config) -> int:
-    """Instances per forward pass: ``eval.batch_size`` capped at about 8 M input pixels (at least 16)."""
-    return max(16, min(cfg.eval.batch_size, 2**23 // cfg.model.input_size**2))
+    """Instances per forward pass: ``eval.batch_size`` capped at about 8 M input values (at least 16)."""
+    size = input_shape(cfg.model)
+    return max(16, min(cfg.eval.batch_size, 2**23 // (size[0] if len(size) == 1 else cfg.model.input_size**2)))
 
 
 def inference_dtype(cfg: Config, device: torch.device | str, amp: bool | None = None) -> torch.dtype | None:

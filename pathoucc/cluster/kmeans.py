@@ -176,7 +176,11 @@ def default_k(cfg: Config, tile_paths: list[str | Path] | None = None) -> int:
             return named
         raise PathouccError("cannot tell the number of clusters: the training tiles carry no class labels and the "
                             "config has no eval.k; pass --k")
-    return load_pools(cfg.data, ("train",))["train"].num_classes
+    classes = load_pools(cfg.data, ("train",))["train"].num_classes
+    if classes < 2:  # count-only regions of feature files: no patch labels
+        raise PathouccError("cannot tell the number of clusters: the training data carry no class labels and the "
+                            "config has no eval.k; pass --k")
+    return classes
 
 
 def _cluster_model(km: KMeans, n: int, seed: int, fit: KMeansFit, source: str) -> ClusterModel:

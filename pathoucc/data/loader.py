@@ -1,4 +1,5 @@
-"""Steps as a ``torch.utils.data`` dataset: item ``s`` is everything step ``s`` trains on, as uint8 pixels.
+"""Steps as a ``torch.utils.data`` dataset: item ``s`` is everything step ``s`` trains on, as uint8 pixels (or
+float32 feature vectors, read from feature files).
 
 Bag sampling and augmentation are pure functions of ``(seed, step)``, so a DataLoader over
 ``range(start_step, steps)`` with any number of workers yields exactly the batches the training loop would make
@@ -22,15 +23,19 @@ from pathoucc.runtime import STOP_SIGNALS
 __all__ = ["StepDataset", "batch_item", "step_loader", "to_model_input"]
 
 
-def to_model_input(images: torch.Tensor, device: torch.device | str) -> torch.Tensor:
-    """uint8 ``(n, H, W, C)`` -> float ``(n, C, H, W)`` in [0, 1] on ``device``: the uint8 is copied, the
-    conversion runs there (the result keeps the channels-last layout of the pixels)."""
-    return images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+def to_model_input(instances: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """Instances as the model takes them, on ``device``: uint8 pixels ``(n, H, W, C)`` -> float ``(n, C, H, W)`` in
+    [0, 1] (the uint8 is copied, the conversion runs there; the result keeps the channels-last layout), float
+    feature vectors ``(n, D)`` -> float32 ``(n, D)`` as they are."""
+    x = instances.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        return x.permute(0, 3, 1, 2).float().div_(255.0)
+    return x.float()
 
 
 def batch_item(pool, batch: BagBatch, augment=None) -> dict[str, Any]:
-    """A step's ``images`` ``(M, H, W, C)`` uint8, ``members``/``mask`` ``(B, N)``, ``ucc`` and ``upper`` ``(B,)``
-    as tensors (``augment``, already seeded, applied to each image)."""
+    """A step's ``images`` ``(M, H, W, C)`` uint8 (or feature vectors ``(M, D)`` float32), ``members``/``mask``
+    ``(B, N)``, ``ucc`` and ``upper`` ``(B,)`` as tensors (``augment``, already seeded, applied to each image)."""
     images = augment_images(pool.read(batch.instances), augment)
     return {"images": torch.from_numpy(images), "members": torch.from_numpy(batch.members),
             "mask": torch.from_numpy(batch.mask), "ucc": torch.from_numpy(batch.ucc),

@@ -1,8 +1,9 @@
-"""The pool protocol: the instances (images) of one split that bags are drawn from, and what features and
-k-means read (built in :mod:`pathoucc.data.sources`).
+"""The pool protocol: the instances of one split that bags are drawn from, and what features and k-means read
+(built in :mod:`pathoucc.data.sources`). An instance is an image (uint8 pixels) or a feature vector (float32, read
+from a foundation-model feature file); nothing downstream asks which, the model takes what the data gives.
 
-:class:`Instances` is anything that reads instances by index: a :class:`Pool`, or an open tile or coords file
-(:class:`~pathoucc.slides.patchfile.PatchFile`). A :class:`Pool` adds class labels (for scoring only) and the
+:class:`Instances` is anything that reads instances by index: a :class:`Pool`, or an open tile, coords or feature
+file (:class:`~pathoucc.slides.patchfile.PatchFile`). A :class:`Pool` adds class labels (for scoring only) and the
 regions with counts that bags are drawn from; :class:`InstancePool` (in memory) and
 :class:`~pathoucc.data.stream.StreamingPool` (read from tile files on demand) implement it.
 :func:`subsample` picks the seeded subset of at most N rows that every k-means fit uses.
@@ -25,12 +26,12 @@ class Instances(Protocol):
     def __len__(self) -> int: ...
 
     @property
-    def shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of one instance."""
+    def shape(self) -> tuple[int, ...]:
+        """(C, H, W) of one image, or (D,) of one feature vector."""
         ...
 
     def read(self, index: np.ndarray | slice) -> np.ndarray:
-        """Instances ``index`` (any order, repeats allowed) as ``(n, H, W, C)`` uint8."""
+        """Instances ``index`` (any order, repeats allowed) as ``(n, H, W, C)`` uint8 or ``(n, D)`` float32."""
         ...
 
 

@@ -1,13 +1,17 @@
-"""Where instance pools come from: MNIST (fetched), a folder of IDX files, or HDF5 tile files (``pathoucc tile``:
-patches as instances, regions as bags). :func:`load_pools` picks the source named by the config."""
+"""Where instance pools come from: MNIST (fetched), a folder of IDX files, HDF5 tile files (``pathoucc tile``:
+patches as instances, regions as bags) or feature files (:mod:`.features`: feature vectors as instances, the
+regions of their annotations as bags). :func:`load_pools` picks the source named by the config."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from pathoucc.config import DataConfig
+from pathoucc.data.features import pool_from_features
 from pathoucc.data.idx import read_idx_folder
 from pathoucc.data.mnist import load_mnist
 from pathoucc.data.pool import InstancePool, Pool
@@ -20,13 +24,18 @@ from pathoucc.slides.tilefile import open_tiles
 def load_pools(cfg: DataConfig,
                splits: tuple[str, ...] = ("train", "val", "test")) -> dict[str, Pool]:
     """Load the requested splits of the configured source as :class:`InstancePool` objects (tile files with
-    ``data.streaming``: :class:`StreamingPool` objects, which read patches on demand)."""
+    ``data.streaming``, and feature files: :class:`StreamingPool` objects, which read instances on demand)."""
     if cfg.source in ("mnist", "idx"):
         if cfg.source == "mnist":
             arrays = load_mnist(cfg.root)
         else:
             arrays = _split_idx(read_idx_folder(cfg.root), cfg.val_fraction, Path(cfg.root))
         return {s: InstancePool(*arrays[s]) for s in splits}
+    if cfg.source == "features":
+        if not cfg.features:
+            raise PathouccError("data.features is empty: list the feature files (or their folders) to train on")
+        return region_splits(partial(pool_from_features, cfg=cfg), cfg.features, cfg.test_features,
+                             cfg.val_fraction, splits)
     return load_tile_pools(cfg, splits)
 
 
@@ -52,12 +61,14 @@ def pool_from_tiles(paths: list[str], need_regions: bool, slide_dir: str | None 
     ``slide_dir`` holds the slides of CLAM/TRIDENT coordinate files among ``paths``. With ``streaming`` the pool
     reads patches from the files on demand (:class:`StreamingPool`) instead of holding them in memory."""
     images, labels, region, ucc, sizes = [], [], [], [], []
-    size = None
+    size, shape = None, None
     for path in paths:
         with open_tiles(path, slide_dir) as tiles:
             if size is not None and tiles.patch_size != size:
                 raise PathouccError(f"patch size {tiles.patch_size} differs from the other tile files ({size})", path)
-            size = tiles.patch_size
+            if shape is not None and tiles.shape != shape:
+                raise PathouccError(f"instances of shape {tiles.shape} differ from the other files' {shape}", path)
+            size, shape = tiles.patch_size, tiles.shape
             if need_regions and (tiles.region is None or tiles.region_count is None):
                 raise PathouccError("tile file has no regions (bags) with counts: tile it with --mask, --geojson "
                                     "or --regions-csv" + (" (a CLAM/TRIDENT coordinate file has none: it serves "
@@ -78,7 +89,7 @@ def pool_from_tiles(paths: list[str], need_regions: bool, slide_dir: str | None 
             np.concatenate(region).astype(np.int64) if ucc else None,
             np.concatenate(ucc).astype(np.int64) if ucc else None)
     if streaming:
-        return StreamingPool(paths, sizes, int(size or 0), *meta, slide_dir=slide_dir)
+        return StreamingPool(paths, sizes, int(size or 0), *meta, slide_dir=slide_dir, shape=shape)
     return InstancePool(np.concatenate(images), *meta)
 
 
@@ -94,17 +105,24 @@ def _subset_regions(pool: Pool, keep: np.ndarray) -> Pool:
 def load_tile_pools(cfg: DataConfig, splits: tuple[str, ...]) -> dict[str, Pool]:
     """``train``/``val``: the regions of ``cfg.train_tiles``, ``val_fraction`` of them held out (seeded);
     ``test``: every patch of ``cfg.test_tiles`` (falls back to the training tiles when none are given)."""
+    if {"train", "val"} & set(splits) and not cfg.train_tiles:
+        raise PathouccError("data.train_tiles is empty: list the tile files (.h5) to train on")
+    build = partial(pool_from_tiles, slide_dir=cfg.slide_dir, streaming=cfg.streaming)
+    return region_splits(build, cfg.train_tiles, cfg.test_tiles, cfg.val_fraction, splits)
+
+
+def region_splits(build: Callable[..., Pool], train: list[str], test: list[str], val_fraction: float,
+                  splits: tuple[str, ...]) -> dict[str, Pool]:
+    """``train``/``val``: the regions of the files ``train`` (``build(paths, need_regions=True)``),
+    ``val_fraction`` of them held out (seeded); ``test``: every instance of ``test`` (else of ``train``)."""
     out: dict[str, Pool] = {}
     if {"train", "val"} & set(splits):
-        if not cfg.train_tiles:
-            raise PathouccError("data.train_tiles is empty: list the tile files (.h5) to train on")
-        pool = pool_from_tiles(cfg.train_tiles, need_regions=True, slide_dir=cfg.slide_dir, streaming=cfg.streaming)
+        pool = build(train, need_regions=True)
         assert pool.region_count is not None
         order = np.random.default_rng(0).permutation(len(pool.region_count))
-        n_val = round(len(order) * cfg.val_fraction)
+        n_val = round(len(order) * val_fraction)
         out["train"] = _subset_regions(pool, np.sort(order[n_val:]))
         out["val"] = _subset_regions(pool, np.sort(order[:n_val]))
     if "test" in splits:
-        out["test"] = pool_from_tiles(cfg.test_tiles or cfg.train_tiles, need_regions=False, slide_dir=cfg.slide_dir,
-                                      streaming=cfg.streaming)
+        out["test"] = build(test or train, need_regions=False)
     return {s: out[s] for s in splits}

@@ -3,8 +3,8 @@
 
 from __future__ import annotations
 
-from pathoucc.models.factory import BUILTIN_BACKBONES, create_encoder, create_model
+from pathoucc.models.factory import BUILTIN_BACKBONES, create_encoder, create_model, input_shape
 from pathoucc.models.kde import KDE
 from pathoucc.models.ucc import UCCModel
 
-__all__ = ["BUILTIN_BACKBONES", "KDE", "UCCModel", "create_encoder", "create_model"]
+__all__ = ["BUILTIN_BACKBONES", "KDE", "UCCModel", "create_encoder", "create_model", "input_shape"]

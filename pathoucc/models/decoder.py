@@ -1,4 +1,5 @@
-"""The decoder: features back to an image, for the reconstruction (autoencoder) loss."""
+"""The decoders: features back to an image (or to the input feature vector), for the reconstruction
+(autoencoder) loss."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from torch import nn
 
 from pathoucc.models.encoders import PreActBlock
 
-__all__ = ["ConvDecoder"]
+__all__ = ["ConvDecoder", "FeatureDecoder"]
 
 
 class ConvDecoder(nn.Module):
@@ -39,3 +40,21 @@ class ConvDecoder(nn.Module):
             x = nn.functional.interpolate(x, size=(self.out_size, self.out_size), mode="bilinear",
                                           align_corners=False)
         return x
+
+
+class FeatureDecoder(nn.Module):
+    """Features ``(B, J)`` -> the input feature vector ``(B, D)``: [Linear, GELU] per hidden width, then a linear
+    output (feature vectors are not bounded)."""
+
+    def __init__(self, num_features: int, output_dim: int, widths: tuple[int, ...] = (128,)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = num_features
+        for w in widths:
+            layers += [nn.Linear(c, w), nn.GELU()]
+            c = w
+        layers.append(nn.Linear(c, output_dim))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.body(z)

@@ -1,4 +1,5 @@
-"""Feature extractors (encoders): built-in CNNs for small grey images, and any timm model (no code needed)."""
+"""Feature extractors (encoders): built-in CNNs for small grey images, any timm model (no code needed), and the
+projection of precomputed feature vectors (``mlp``, for foundation-model feature files)."""
 
 from __future__ import annotations
 
@@ -74,6 +75,26 @@ class ConvEncoder(nn.Module):
         self.body = nn.Sequential(*layers)
         self.out_shape = (c, size, size)
         self.num_features = c * size * size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+class FeatureProjection(nn.Module):
+    """The encoder of feature vectors: ``(B, D)`` float -> ``(B, widths[-1])`` through [Linear, LayerNorm, GELU]
+    per hidden width (no image encoder: the features were computed once, by a frozen foundation model). LayerNorm
+    is per vector, so a bag's other members never change an instance's projection."""
+
+    def __init__(self, input_dim: int, widths: tuple[int, ...] = (256, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        c = input_dim
+        for w in widths:
+            layers += [nn.Linear(c, w), nn.LayerNorm(w), nn.GELU()]
+            c = w
+        self.body = nn.Sequential(*layers)
+        self.out_shape = (c,)
+        self.num_features = c
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

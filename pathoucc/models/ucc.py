@@ -15,7 +15,8 @@ class UCCModel(nn.Module):
     Parameters
     ----------
     encoder : nn.Module
-        Maps instances ``(M, C, H, W)`` to vectors ``(M, encoder.num_features)``.
+        Maps instances (``(M, C, H, W)`` pixels, or ``(M, D)`` feature vectors for a projection) to vectors
+        ``(M, encoder.num_features)``.
     num_features : int
         Size J of the instance feature, squashed to [0, 1] by a sigmoid; these features are clustered.
     kde : KDE
@@ -49,7 +50,7 @@ class UCCModel(nn.Module):
         self.num_features = num_features
 
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Instances ``(M, C, H, W)`` -> features ``(M, J)`` float32 in [0, 1].
+        """Instances ``(M, C, H, W)`` (or ``(M, D)``) -> features ``(M, J)`` float32 in [0, 1].
 
         Under mixed precision the encoder runs in bf16/fp16 but the feature head in fp32: the features are what
         k-means clusters, and bf16's 8-bit mantissa would round nearby features together."""
@@ -70,8 +71,9 @@ class UCCModel(nn.Module):
 
     def forward(self, instances: torch.Tensor, members: torch.Tensor, mask: torch.Tensor | None = None,
                 chunk: int = 0) -> dict[str, torch.Tensor]:
-        """Instances ``(M, C, H, W)``, bags as ``members`` ``(B, N)`` positions into them, ``mask`` ``(B, N)``
-        (True = real member; None = all) -> ``logits (B, num_ucc)``, ``features (M, J)``, ``recon (M, C, H, W)``.
+        """Instances ``(M, C, H, W)`` (or ``(M, D)``), bags as ``members`` ``(B, N)`` positions into them,
+        ``mask`` ``(B, N)`` (True = real member; None = all) -> ``logits (B, num_ucc)``, ``features (M, J)``,
+        ``recon`` (the instances' shape).
 
         Bags may share instances: each instance is encoded once, however many bags it is in."""
         features = self.encode(instances, chunk)

@@ -69,7 +69,9 @@ def segment_run(run_dir: str | Path, tile_paths: list[str | Path], out: str | Pa
     :class:`~pathoucc.cluster.kmeans.KMeansFit`, fitted on its training data first if absent; with
     ``options.examples`` the ``examples`` fit, refitted and saved, whose clusters carry class names);
     ``scores.json`` records it under ``kmeans``.
-    ``slide_dir`` (default: the run's ``data.slide_dir``) holds the slides of CLAM/TRIDENT coordinate files."""
+    ``slide_dir`` (default: the run's ``data.slide_dir``) holds the slides of CLAM/TRIDENT coordinate files, and
+    those of feature files for their overlays (a feature file whose slide is not found gets no overlay, and
+    ``extra["notice"]`` says so)."""
     options = options or SegmentOptions()
     run_dir = Path(run_dir)
     dev = resolve_device(options.device)
@@ -84,7 +86,7 @@ def segment_run(run_dir: str | Path, tile_paths: list[str | Path], out: str | Pa
         if path.stem in seen:
             raise PathouccError(f"has the same name as {seen[path.stem]}; outputs would collide", path)
         seen[path.stem] = path
-        with open_tiles(path, slide_dir) as tiles:
+        with open_tiles(path, slide_dir, cfg.data.patch_size_level0) as tiles:
             check_fits_model(tiles, cfg, path)
     mask = options.mask
     if mask is not None and not mask.exists():
@@ -108,7 +110,7 @@ def segment_run(run_dir: str | Path, tile_paths: list[str | Path], out: str | Pa
     colors = name_colors(cm.cluster_names)
     report = SegmentReport(cm, km_path, fitted, notes=notes)
     for path, slide_mask in zip(paths, masks, strict=True):
-        with open_tiles(path, slide_dir) as tiles:
+        with open_tiles(path, slide_dir, cfg.data.patch_size_level0) as tiles:
             seg = segment_tiles(model, cm, tiles, batch_size, dev, progress, dtype)
             seg.examples = examples.get(str(path.resolve()))
             seg.scores = score_segmentation(seg, tiles, slide_mask, named=cm.names is not None)

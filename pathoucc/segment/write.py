@@ -6,7 +6,7 @@ in at the end)
   ``cell`` (level-0 px per map cell); attributes ``cluster_names`` (K,) and ``cluster_colors`` (K, 3);
 * ``clusters.csv`` ``x,y,cluster,name[,label][,example]`` per patch (``name``: the cluster's name);
 * ``cluster_map.png`` one pixel per map cell; ``overlay.png`` the map over the slide thumbnail, with a legend of
-  the cluster names;
+  the cluster names (a feature file whose slide is not found has none);
 * ``clusters.geojson`` one QuPath annotation per connected region of each cluster, classified by the cluster's
   name and colour, level-0 coordinates; ``patches.geojson`` one QuPath ``tile`` object per patch, classified the
   same, with its ``cluster distance`` (squared feature distance to the centre) as a measurement;
@@ -88,10 +88,17 @@ def _write_pictures(folder: Path, seg: Segmentation, tiles: PatchFile, colors: n
     """``cluster_map.png`` and ``overlay.png`` (over the slide's thumbnail, or its patches if the slide is gone)."""
     save_png(folder / "cluster_map.png", map_image(seg.cluster_map, colors))
     try:
+        if not tiles.slide_path:
+            raise PathouccError("the slide was not found", tiles.path)
         with open_slide(tiles.slide_path) as slide:
             picture = slide.thumbnail(THUMBNAIL_SIZE)
         seg.extra["overlay_background"] = "slide thumbnail"
-    except PathouccError:  # the slide is gone: draw the patches themselves
+    except PathouccError:  # the slide is gone: draw the patches themselves (feature vectors: no overlay)
+        if not tiles.has_pixels:
+            seg.extra["overlay_background"] = None
+            seg.extra["notice"] = (f"{tiles.path.name}: no overlay.png, its slide was not found (give the slides' "
+                                   "folder with --slides)")
+            return
         w, h = tiles.slide_dimensions
         scale = max(1.0, max(w, h) / THUMBNAIL_SIZE)
         picture = patch_mosaic(tiles, (max(1, round(w / scale)), max(1, round(h / scale))))

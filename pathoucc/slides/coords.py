@@ -31,10 +31,10 @@ from pathoucc.errors import PathouccError
 from pathoucc.slides.patchfile import PatchFile
 from pathoucc.slides.reader import Slide, open_slide
 
-__all__ = ["CoordsFile", "coords_layout", "read_coords_file"]
+__all__ = ["CoordsFile", "coords_layout", "find_slide", "grid_stride", "positive_int", "read_coords_file", "slide_name"]
 
 Layout = Literal["clam", "trident"]
-_H5_SUFFIXES = (".h5", ".hdf5")
+_H5_SUFFIXES = (".h5", ".hdf5", ".pt")  # never a slide: coords and feature files
 
 
 def coords_layout(f: h5py.File) -> Layout | None:
@@ -109,12 +109,12 @@ def read_coords_file(f: h5py.File, path: Path, layout: Layout, slide: str | Path
         missing.append("patch_size_level0 (or level0_magnification and target_magnification)")
     if missing:
         raise fail(f"coords lacks attribute(s) {', '.join(missing)}")
-    patch_size = _positive_int(attrs["patch_size"], "patch_size", fail)
-    slide_file = _find_slide(path, _name(attrs, path), slide)
+    patch_size = positive_int(attrs["patch_size"], "patch_size", fail)
+    slide_file = find_slide(path, slide_name(attrs, path), slide)
     with open_slide(slide_file) as s:
         dims, mpp, downsamples = s.dimensions, s.mpp, s.level_downsamples
         if layout == "clam":
-            level = _positive_int(attrs["patch_level"], "patch_level", fail, zero=True)
+            level = positive_int(attrs["patch_level"], "patch_level", fail, zero=True)
             if level >= len(downsamples):
                 raise PathouccError(f"{path}: patch_level {level} does not exist in the slide (levels "
                                     f"0..{len(downsamples) - 1})", slide_file)
@@ -128,14 +128,14 @@ def read_coords_file(f: h5py.File, path: Path, layout: Layout, slide: str | Path
                 raise fail(f"patch_size_level0 must be positive, got {extent}")
             downsample = extent / patch_size
             level = s.best_level(downsample)
-    stride = _stride(coords, downsample, patch_size, attrs)
+    stride = grid_stride(coords, downsample, patch_size, attrs)
     return CoordsFile(
         path=path, layout=layout, coords=coords, patch_size=patch_size, patch_level=level, downsample=downsample,
         stride=stride, level_dimensions=(int(dims[0] / downsample + 1e-6), int(dims[1] / downsample + 1e-6)),
         slide_path=str(Path(slide_file).resolve()), slide_dimensions=(int(dims[0]), int(dims[1])), mpp=mpp)
 
 
-def _positive_int(value: object, name: str, fail, zero: bool = False) -> int:
+def positive_int(value: object, name: str, fail, zero: bool = False) -> int:
     try:
         out = int(np.asarray(value).ravel()[0])
     except (TypeError, ValueError, IndexError):
@@ -145,7 +145,7 @@ def _positive_int(value: object, name: str, fail, zero: bool = False) -> int:
     return out
 
 
-def _stride(coords: np.ndarray, downsample: float, patch_size: int, attrs: dict) -> int:
+def grid_stride(coords: np.ndarray, downsample: float, patch_size: int, attrs: dict) -> int:
     """Output px between neighbours: TRIDENT's ``patch_size - overlap``; for CLAM (which does not record its
     step) the smallest gap between patch positions along x or y, else the patch size."""
     if "overlap" in attrs:
@@ -162,7 +162,7 @@ def _stride(coords: np.ndarray, downsample: float, patch_size: int, attrs: dict)
     return max(1, min(patch_size, round(float(gaps.min()) / downsample)))
 
 
-def _name(attrs: dict, path: Path) -> str:
+def slide_name(attrs: dict, path: Path) -> str:
     """The slide's name: the ``name`` attribute, else the file's stem (TRIDENT's ``_patches`` suffix removed)."""
     name = attrs.get("name")
     if isinstance(name, bytes):
@@ -172,7 +172,7 @@ def _name(attrs: dict, path: Path) -> str:
     return path.stem.removesuffix("_patches")
 
 
-def _find_slide(path: Path, name: str, slide: str | Path | None) -> Path:
+def find_slide(path: Path, name: str, slide: str | Path | None) -> Path:
     """The slide of coords file ``path``: ``slide`` if it is a file, else ``<folder>/<name>.<ext>`` in ``slide``
     (a folder), then next to ``path`` and up to two folders up (CLAM writes ``<save_dir>/patches/``, TRIDENT
     ``<job_dir>/<mag>x_<size>px_<overlap>px_overlap/patches/``)."""

@@ -73,12 +73,18 @@ class PatchFile(ABC):
         return 3, self.patch_size, self.patch_size
 
     @property
+    def has_pixels(self) -> bool:
+        """True when patches can be read as pixels (stored, or from the slide); False for feature vectors."""
+        return True
+
+    @property
     def stores_patches(self) -> bool:
         """True when the pixels are in the file (``pathoucc tile``), False when they are read from the slide."""
         return self.layout == "pathoucc"
 
     def read(self, index: PatchIndex) -> np.ndarray:
-        """Patches ``index`` (int, slice or integer array, any order, repeats allowed) as ``(n, P, P, 3)`` uint8.
+        """Patches ``index`` (int, slice or integer array, any order, repeats allowed) as ``(n, P, P, 3)`` uint8
+        (a feature file: ``(n, D)`` float32).
 
         An index out of range is an ``IndexError``; a file that cannot be read (a corrupt chunk, a truncated or
         removed file, an unreadable slide) is a one-line :class:`PathouccError` naming it.

@@ -27,6 +27,7 @@ import numpy as np
 
 from pathoucc.errors import PathouccError
 from pathoucc.slides.coords import coords_layout, read_coords_file
+from pathoucc.slides.features import is_feature_file, open_features
 from pathoucc.slides.patchfile import PatchFile
 
 __all__ = ["FORMAT_VERSION", "TileFile", "open_tiles"]
@@ -61,15 +62,20 @@ class TileFile(PatchFile):
         return state
 
 
-def open_tiles(path: str | Path, slide: str | Path | None = None) -> PatchFile:
+def open_tiles(path: str | Path, slide: str | Path | None = None,
+               patch_size_level0: float | None = None) -> PatchFile:
     """Open and validate a tiles file; :class:`PathouccError` names the file and what is wrong or missing.
 
     A coords-only file written by CLAM or TRIDENT opens as a :class:`~pathoucc.slides.coords.CoordsFile` (the
     same :class:`~pathoucc.slides.patchfile.PatchFile`, pixels read from its slide): ``slide`` is that slide or a
-    folder holding it (default: by the file's ``name`` attribute, next to the file or up to two folders up)."""
+    folder holding it (default: by the file's ``name`` attribute, next to the file or up to two folders up).
+    A feature file (TRIDENT, CLAM ``.h5``/``.pt``) opens as a :class:`~pathoucc.slides.features.FeatureFile`
+    (``patch_size_level0``: the level-0 patch side of CLAM files)."""
     path = Path(path)
     if not path.is_file():
         raise PathouccError("tiles file not found", path)
+    if is_feature_file(path):
+        return open_features(path, slide, patch_size_level0)
     try:
         f = h5py.File(path, "r")
     except OSError:

@@ -20,12 +20,13 @@ import torch
 from pathoucc.config import Config, save_config
 from pathoucc.data.augment import build_augment
 from pathoucc.data.bags import BagBatch, BagSampler, create_bag_sampler
+from pathoucc.data.features import feature_dim
 from pathoucc.data.loader import StepDataset, batch_item, step_loader, to_model_input
 from pathoucc.data.pool import Pool
 from pathoucc.data.sources import load_pools
 from pathoucc.errors import PathouccError
 from pathoucc.files import ensure_writable_dir
-from pathoucc.models import create_model
+from pathoucc.models import create_model, input_shape
 from pathoucc.run import (
     CHECKPOINT,
     CONFIG,
@@ -59,7 +60,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class UCCTraining:
     """What a UCC training needs: its state, the bag sampler, ``data`` (item ``s``: step ``s``'s bags as uint8
-    pixels, see :class:`~pathoucc.data.loader.StepDataset`) and fixed validation batches."""
+    pixels or feature vectors, see :class:`~pathoucc.data.loader.StepDataset`) and fixed validation batches."""
 
     state: TrainState
     sampler: Any
@@ -77,7 +78,7 @@ def ucc_step(state: TrainState, batch: dict[str, Any], cfg: Config) -> dict[str,
         raise PathouccError(batch["error"])
     assert batch["step"] == state.step, (batch["step"], state.step)
     device = state.device
-    x = to_model_input(batch["images"], device)  # (M, C, H, W) float: copied as uint8, converted there
+    x = to_model_input(batch["images"], device)  # (M, C, H, W) pixels (copied as uint8, converted there) or (M, D)
     members, mask, upper = (batch[key].to(device, non_blocking=True) for key in ("members", "mask", "upper"))
     target = (batch["ucc"] - cfg.bags.ucc_min).to(device, non_blocking=True)  # count -> count class
     state.set_lr(cfg.train.lr * lr_factor(cfg, state.step, state.elapsed))
@@ -120,12 +121,11 @@ def prepare_ucc(cfg: Config, pools: dict[str, Pool | None],
     device = world.device(select_device(train.device))
     seed_everything(cfg.seed)
     train_pool, val_pool = pools["train"], pools.get("val")
-    channels, height, width = train_pool.shape
-    if (channels, height) != (cfg.model.in_chans, cfg.model.input_size) or height != width:
-        raise PathouccError(
-            f"model expects {cfg.model.in_chans}×{cfg.model.input_size}×{cfg.model.input_size} instances, "
-            f"data has {channels}×{height}×{width} (set model.in_chans / model.input_size)"
-        )
+    expected = input_shape(cfg.model)
+    if tuple(train_pool.shape) != expected:
+        fix = "model.input_dim" if len(expected) == 1 else "model.in_chans / model.input_size"
+        raise PathouccError(f"model expects {'×'.join(map(str, expected))} instances, data has "
+                            f"{'×'.join(map(str, train_pool.shape))} (set {fix})")
     bags = cfg.bags
     seed = rank_seed(cfg.seed, world.rank)  # each rank its own bags; rank 0 those of one process
     try:
@@ -194,6 +194,8 @@ def train_ucc(cfg: Config, run_dir: str | Path, resume: bool = False, progress: 
     """
     run_dir = Path(run_dir)
     ckpt = run_dir / CHECKPOINT
+    if cfg.model.backbone == "mlp" and cfg.model.input_dim is None:  # the projection's input: the files' D
+        cfg.model.input_dim = feature_dim(cfg.data)
     with joined(cfg.train.device) as world:  # under torchrun: this rank (only rank 0 writes the run folder)
         saved = None
         if resume:
