@@ -1,7 +1,7 @@
 """Train a stand-in "foundation" encoder WITHOUT labels or counts on the patches of training tile files, and save
 it as a local weights file that ``pathoucc features --model resnet18 --weights FILE`` loads.
 
-    python tools/train_standin_encoder.py bench/frozen/tiles/train.h5 --method simclr --minutes 6 \\
+    python tools/train_standin_encoder.py bench/frozen/tiles/train.h5 --method simclr --steps 400 \\
         --out bench/frozen/standin-simclr.pt
 
 The encoder is a timm ``resnet18`` made small (one basic block per stage, widths 16-32-64-128: 128-D pooled
@@ -15,7 +15,8 @@ size (``input_size`` 32) normalised with the training patches' per-channel mean 
 - ``autoencoder``: the pooled features, through a small transposed-conv decoder, reconstruct the patch (MSE).
 
 Training stops after ``--steps`` steps or ``--minutes`` of wall clock, whichever comes first (the cosine learning
-rate follows the clock). Only tile files given on the command line are read: give the training slides' only.
+rate follows whichever is further along). Only tile files given on the command line are read: give the training
+slides' only.
 """
 
 from __future__ import annotations
@@ -110,8 +111,8 @@ def main() -> None:
     parser.add_argument("tiles", type=Path, nargs="+", help="training tile files (pathoucc tile)")
     parser.add_argument("--out", type=Path, required=True, help="weights file to write (.pt)")
     parser.add_argument("--method", choices=("simclr", "autoencoder"), default="simclr")
-    parser.add_argument("--minutes", type=float, default=6.0, help="wall-clock budget")
-    parser.add_argument("--steps", type=int, default=100_000, help="at most this many steps")
+    parser.add_argument("--minutes", type=float, default=30.0, help="wall-clock budget (at most)")
+    parser.add_argument("--steps", type=int, default=400, help="steps (the budget on a machine not overloaded)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--temperature", type=float, default=0.2)
@@ -125,9 +126,12 @@ def main() -> None:
     gen = torch.Generator().manual_seed(args.seed)
     patches = load_patches(args.tiles, args.max_patches, args.seed)
     size = patches.shape[1]
-    pixels = torch.from_numpy(patches).permute(0, 3, 1, 2).float().div_(255.0)
-    mean, std = pixels.mean(dim=(0, 2, 3)), pixels.std(dim=(0, 2, 3))
-    pixels = (pixels - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+    pixels = torch.from_numpy(patches).permute(0, 3, 1, 2)  # uint8; a batch at a time becomes float
+    sample = pixels[torch.randperm(len(pixels), generator=gen)[:5000]].float().div_(255.0)
+    mean, std = sample.mean(dim=(0, 2, 3)), sample.std(dim=(0, 2, 3))
+
+    def normalised(index: torch.Tensor) -> torch.Tensor:
+        return (pixels[index].float().div_(255.0) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
     encoder = build_encoder()
     dim = encoder.num_features
@@ -140,7 +144,7 @@ def main() -> None:
     while step < args.steps and (elapsed := time.perf_counter() - start) < budget:
         for group in opt.param_groups:  # cosine over the clock (or the steps, if they end first)
             group["lr"] = args.lr * 0.5 * (1 + math.cos(math.pi * max(elapsed / budget, step / args.steps)))
-        batch = pixels[torch.randint(len(pixels), (args.batch_size,), generator=gen)]
+        batch = normalised(torch.randint(len(pixels), (args.batch_size,), generator=gen))
         if args.method == "simclr":
             loss = nt_xent(head(encoder(augment(batch, gen))), head(encoder(augment(batch, gen))), args.temperature)
         else:

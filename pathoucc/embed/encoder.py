@@ -6,8 +6,8 @@ A local weights file is a state dict (``.pt``/``.pth``, read with ``weights_only
 optionally wrapped as timm's hub ``config.json`` describes a model: ``{"state_dict": ..., "architecture": timm
 name, "model_args": {timm.create_model keyword arguments}, "pretrained_cfg": {"mean": [...], "std": [...],
 "input_size": [3, H, W]}}`` (what ``tools/train_standin_encoder.py`` writes); without a ``pretrained_cfg`` the
-model's own one from timm's registry applies. The weights digest is the SHA-256 of the local file, or of the loaded state dict
-(names, dtypes, shapes and bytes) for hub weights.
+model's own one from timm's registry applies. The weights digest is the SHA-256 of the local file, or of the
+loaded state dict (names, dtypes, shapes and bytes) for hub weights.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ _INTERPOLATIONS = {"bilinear": "bilinear", "bicubic": "bicubic", "nearest": "nea
 class FrozenEncoder:
     """An encoder in eval mode and how to feed it.
 
-    name : what the features are called (``features_<name>/``, the ``encoder`` attribute): the timm model name,
-    or the local name given with a weights file. model : the timm model (``num_classes=0``: pooled features).
-    weights_digest : hex SHA-256 (see the module). input_size : (H, W) px the model is fed; mean, std : per RGB
-    channel, for inputs in [0, 1]; interpolation : how patches are resized to ``input_size``.
+    name : what the features are called (the ``encoder`` attribute; the folder ``features_<folder_name>``): the
+    timm model name, or the local name given with a weights file. model : the timm model (``num_classes=0``:
+    pooled features). weights_digest : hex SHA-256 (see the module). input_size : (H, W) px the model is fed;
+    mean, std : per RGB channel, for inputs in [0, 1]; interpolation : how patches are resized to ``input_size``.
     """
 
     name: str
@@ -47,6 +47,11 @@ class FrozenEncoder:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     interpolation: str = "bilinear"
+
+    @property
+    def folder_name(self) -> str:
+        """``name`` as a folder-name part (see :func:`safe_name`)."""
+        return safe_name(self.name)
 
     @property
     def num_features(self) -> int:
@@ -95,8 +100,9 @@ def load_encoder(model: str, weights: str | Path | None = None, name: str | None
     if min(size) < 1 or min(std) <= 0:
         raise PathouccError(f"pretrained_cfg has input_size {size} and std {std}; both must be positive",
                             path or model)
-    label = name or (path.stem if path is not None else model)
-    return FrozenEncoder(name=safe_name(label), model=net, weights_digest=digest, input_size=(size[0], size[1]),
+    label = (name or (path.stem if path is not None else model)).strip()
+    safe_name(label)  # refuses a name that cannot name a folder
+    return FrozenEncoder(name=label, model=net, weights_digest=digest, input_size=(size[0], size[1]),
                          mean=mean, std=std, interpolation=_INTERPOLATIONS.get(cfg.get("interpolation"), "bilinear"))
 
 

@@ -60,7 +60,7 @@ def embed_files(paths: list[str | Path], out: str | Path, options: FeatureOption
     enc = encoder or load_encoder(options.model, options.weights, options.name)
     device = select_device(options.device)
     dtype = autocast_dtype(device, options.amp)
-    folder = ensure_writable_dir(Path(out) / f"features_{enc.name}")
+    folder = ensure_writable_dir(Path(out) / f"features_{enc.folder_name}")
     report = EmbedReport(encoder=enc.name, folder=folder)
 
     def fail(path: Path, message: str) -> None:
@@ -76,7 +76,7 @@ def embed_files(paths: list[str | Path], out: str | Path, options: FeatureOption
         except PathouccError as exc:
             fail(path, str(exc))
             continue
-        target = feature_path(out, enc.name, slide_name(patches))
+        target = feature_path(out, enc.folder_name, slide_name(patches))
         if target in owners:
             fail(path, str(PathouccError(f"holds the patches of slide '{target.stem}' as {owners[target]} does; "
                                          "their feature files would collide", path)))
@@ -91,7 +91,7 @@ def embed_files(paths: list[str | Path], out: str | Path, options: FeatureOption
         todo.append((patches, target))
 
     total = sum(len(p) for p, _ in todo)
-    with progress_bar(progress, f"features_{enc.name}", total) as advance:
+    with progress_bar(progress, f"features_{enc.folder_name}", total) as advance:
         for patches, target in todo:
             start = time.perf_counter()
             try:

@@ -33,7 +33,7 @@ CHUNK_ROWS = 1024
 
 
 def feature_path(out: str | Path, encoder: str, slide: str) -> Path:
-    """``<out>/features_<encoder>/<slide>.h5``."""
+    """``<out>/features_<encoder>/<slide>.h5`` (``encoder``: a folder-name part)."""
     return Path(out) / f"features_{encoder}" / f"{slide}.h5"
 
 

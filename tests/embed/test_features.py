@@ -29,12 +29,12 @@ MEAN, STD = [0.8, 0.6, 0.7], [0.2, 0.25, 0.3]
 
 
 def trident_save_h5(save_path, assets, attributes=None, mode="w"):
-    """TRIDENT's ``IO.save_h5``, as it is (the append branch left out)."""
+    """TRIDENT's ``IO.save_h5``, as it is (the append branch left out; tuples written as ruff asks)."""
     with h5py.File(save_path, mode) as file:
         for key, val in assets.items():
             data_shape = val.shape
-            chunk_shape = (1, ) + data_shape[1:]
-            maxshape = (None, ) + data_shape[1:]
+            chunk_shape = (1, *data_shape[1:])
+            maxshape = (None, *data_shape[1:])
             dset = file.create_dataset(key, shape=data_shape, maxshape=maxshape, chunks=chunk_shape, dtype=val.dtype)
             dset[:] = val
             if attributes is not None and key in attributes:
