@@ -87,34 +87,51 @@ def train_stage(config: Path, out: Path, overrides: list[str], stage: str) -> di
             "accuracy": scores.get("accuracy")}
 
 
-def tiles_stage(out: Path, patches: int, size: int, data_dir: Path) -> dict:
-    """A tile file (``pathoucc tile``'s format) of ``patches`` MNIST training digits drawn at ``size`` px in
-    purple on pink, with their labels: features without a slide or OpenSlide reading."""
+def tiles_stage(out: Path, patches: int, size: int, data_dir: Path, region: int = 8) -> dict:
+    """A tile file (``pathoucc tile``'s format) of MNIST training digits drawn at ``size`` px in purple on pink,
+    with their labels, in square regions of ``region`` x ``region`` patches holding 1-4 digit classes each, and
+    those regions as a regions CSV next to it (``slide,x,y,width,height,ucc``): features and the UCC head on them
+    without a slide or OpenSlide reading."""
     import h5py
     import numpy as np
     import torch
     import torch.nn.functional as F
 
     from pathoucc.data.mnist import load_mnist
-    from pathoucc.files import atomic_path
+    from pathoucc.files import atomic_path, write_text
     from pathoucc.slides.tilefile import FORMAT_VERSION
 
-    images, labels = load_mnist(data_dir, download=False)["train"]
-    images, labels = np.asarray(images[:patches]), np.asarray(labels[:patches], np.int64)
-    ink = torch.from_numpy(images.reshape(len(images), 1, 28, 28)).float() / 255
+    splits = load_mnist(data_dir, download=False)  # the official training set: train + val
+    images = np.concatenate([splits["train"][0], splits["val"][0]])
+    labels = np.concatenate([splits["train"][1], splits["val"][1]])
+    rng = np.random.default_rng(0)
+    per = region * region
+    n_regions = max(1, patches // per)
+    cols = int(np.ceil(np.sqrt(n_regions)))
+    by_class = [np.flatnonzero(labels == c) for c in range(10)]
+    chosen, coords, rows = [], [], []
+    for r in range(n_regions):
+        classes = rng.choice(10, 1 + r % 4, replace=False)
+        pick = np.concatenate([classes, rng.choice(classes, per - len(classes))])
+        chosen += [int(rng.choice(by_class[c])) for c in rng.permutation(pick)]
+        x0, y0 = (r % cols) * region * size, (r // cols) * region * size
+        coords += [(x0 + (i % region) * size, y0 + (i // region) * size) for i in range(per)]
+        rows.append([out.stem, x0, y0, region * size, region * size, len(classes)])
+    ink = torch.from_numpy(np.asarray(images[chosen]).reshape(len(chosen), 1, 28, 28)).float() / 255
     ink = F.interpolate(ink, size=(size, size), mode="bilinear", align_corners=False)
     pink, purple = torch.tensor([240, 200, 220.]).view(1, 3, 1, 1), torch.tensor([90, 30, 120.]).view(1, 3, 1, 1)
     rgb = (pink * (1 - ink) + purple * ink).round().clamp(0, 255).byte().permute(0, 2, 3, 1).numpy()
-    side = int(np.ceil(np.sqrt(len(rgb))))
-    coords = np.stack([np.arange(len(rgb)) % side, np.arange(len(rgb)) // side], 1).astype(np.int64) * size
+    side = cols * region * size
     with atomic_path(out) as tmp, h5py.File(tmp, "w") as f:
-        f["coords"] = coords
+        f["coords"] = np.asarray(coords, np.int64)
         f.create_dataset("patches", data=rgb, chunks=(min(64, len(rgb)), size, size, 3))
-        f["labels"] = labels
+        f["labels"] = np.asarray(labels[chosen], np.int64)
         f.attrs.update({"patch_size": size, "patch_level": 0, "downsample": 1.0, "stride": size,
-                        "level_dimensions": [side * size] * 2, "slide_path": str(out.with_suffix(".tif")),
-                        "slide_dimensions": [side * size] * 2, "mpp": [0.5, 0.5], "format_version": FORMAT_VERSION})
-    return {"stage": "tiles", "patches": len(rgb), "size": size, "file": str(out)}
+                        "level_dimensions": [side, side], "slide_path": str(out.with_suffix(".tif")),
+                        "slide_dimensions": [side, side], "mpp": [0.5, 0.5], "format_version": FORMAT_VERSION})
+    lines = [",".join(map(str, row)) for row in [["slide", "x", "y", "width", "height", "ucc"], *rows]]
+    write_text(out.with_name(out.stem + "_regions.csv"), "\n".join(lines) + "\n")
+    return {"stage": "tiles", "patches": len(rgb), "size": size, "regions": n_regions, "file": str(out)}
 
 
 def weights_stage(model: str, out: Path) -> dict:
