@@ -121,7 +121,7 @@ def main() -> None:
             labels[name] = mask_labels(args.work / f"{name}_mask.png", t.coords)
     result = {"date": date.today().isoformat(), "command": command("bench_frozen_features.py", sys.argv[1:]),
               "machine": MACHINE, "machine_detail": machine(),
-              "slides": {name: {"mnist_split": s, "seed": seed, "grid": g, "patches": int(len(labels[name]))}
+              "slides": {name: {"mnist_split": s, "seed": seed, "grid": g, "patches": len(labels[name])}
                          for name, (s, seed, g) in SLIDES.items()},
               "encoders": {}}
     for method in args.methods:

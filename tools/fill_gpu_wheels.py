@@ -4,15 +4,17 @@
 
 The GPU machine has torch, timm, h5py, scikit-learn, typer, rich, scipy and tifffile (and what they need). This
 walks pathoucc's runtime requirements and theirs, as installed here, leaves out everything those packages already
-bring (but pydantic, which only recent typer brings), pins the rest to the versions installed here and ``pip download``\\ s their wheels (``--no-deps``: the list
-is the closure) for the GPU machine's Python and platform, with a ``requirements.txt`` the script installs.
-albumentations (and OpenCV, ~50 MB) is needed only with ``data.augment``: left out unless ``--with-augment``.
-The folder is not committed (``.gitignore``); run this where an index is reachable.
+bring (but pydantic, which only recent typer brings), pins the rest to the versions installed here and downloads
+their wheels (``pip download --no-deps``: the list is the closure) for the GPU machine's Python and platform, with a
+``requirements.txt`` the script installs. albumentations (and OpenCV, ~50 MB) is needed only with ``data.augment``:
+left out unless ``--with-augment``. The folder is not committed (``.gitignore``); run this where an index is
+reachable.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.metadata as md
 import re
 import subprocess
@@ -50,10 +52,8 @@ def closure(roots: list[str]) -> set[str]:
         if name in seen:
             continue
         seen.add(name)
-        try:
+        with contextlib.suppress(md.PackageNotFoundError):
             todo += _requirements(name)
-        except md.PackageNotFoundError:
-            pass
     return seen
 
 

@@ -8,7 +8,6 @@ import csv
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -21,8 +20,8 @@ from pathoucc.files import write_text
 
 sys.path.insert(0, str(ROOT / "tools"))
 
-import fill_gpu_wheels  # noqa: E402
-import gpu_check  # noqa: E402
+import fill_gpu_wheels
+import gpu_check
 
 
 def test_script_parses_and_limits_its_stages():
