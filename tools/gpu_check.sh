@@ -17,7 +17,7 @@
 # Environment: PYTHON (python3), WHEELS (tools/gpu-wheels), DATA (folder holding mnist/, default data),
 # HEAD_CONFIG (configs/features-smoke.yaml), GPU_CHECK_STEPS (250), GPU_CHECK_PATCHES (4096),
 # GPU_CHECK_SIZE (224), GPU_CHECK_ENCODER (resnet50), GPU_CHECK_ALLOW_CPU=1 (run without CUDA: for testing the
-# script itself; the throughput is then a CPU's). Exit status: the number of stages that failed.
+# script itself; the throughput is then a CPU's), GPU_CHECK_LIMIT_SCALE (1: multiplies every stage's time limit). Exit status: the number of stages that failed.
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -41,7 +41,7 @@ CHECK=("$PY" "$ROOT/tools/gpu_check.py" --results "$RESULTS")
 FAILED=()
 
 stage() {  # stage NAME SECONDS COMMAND...: run with a time limit, note a failure and go on
-    local name=$1 limit=$2 start=$SECONDS code
+    local name=$1 limit=$(( $2 * ${GPU_CHECK_LIMIT_SCALE:-1} )) start=$SECONDS code
     shift 2
     echo "== $name (at most ${limit} s)"
     timeout --kill-after=10 "$limit" "$@"

@@ -60,6 +60,7 @@ def embed_files(paths: list[str | Path], out: str | Path, options: FeatureOption
     enc = encoder or load_encoder(options.model, options.weights, options.name)
     device = select_device(options.device)
     dtype = autocast_dtype(device, options.amp)
+    enc.model.to(device)
     folder = ensure_writable_dir(Path(out) / f"features_{enc.folder_name}")
     report = EmbedReport(encoder=enc.name, folder=folder)
 

@@ -219,6 +219,13 @@ def test_bad_inputs_one_line_and_nothing_written(inputs, tmp_path, monkeypatch, 
     one_line_error(err, str(wide), "weights do not fit timm model 'resnet18'", "of another shape")
     assert not (tmp_path / "o2").exists()
 
+    if not torch.cuda.is_available():
+        code, _, err = features_cli(monkeypatch, capsys, inputs["tiles"], "--out", tmp_path / "o3", "--weights",
+                                    inputs["weights"], "--device", "cuda")
+        assert code == 2
+        one_line_error(err, "no CUDA device is available")
+        assert not (tmp_path / "o3").exists()
+
     code, _, err = run_cli(monkeypatch, capsys, "features", inputs["tiles"].as_posix(), "--out", str(tmp_path),
                            "--model", "no_such_model_xyz")
     assert code == 2
