@@ -249,3 +249,21 @@ def test_patch_read_failure_leaves_no_file(inputs, tmp_path):
     assert report.written == [] and len(report.failed) == 1
     assert str(bad) in report.failed[0][1] and "cannot read patches" in report.failed[0][1]
     assert list((tmp_path / "out" / "features_tiny").iterdir()) == []
+
+
+def test_clam_coords_file_gets_tridents_attributes(inputs, tmp_path, monkeypatch, capsys):
+    """A CLAM coords file (``<save_dir>/patches/<slide>.h5``, slide elsewhere: --slides) -> TRIDENT's attributes."""
+    clam = tmp_path / "clam" / "patches" / "digits.h5"
+    clam.parent.mkdir(parents=True)
+    trident_save_h5(clam, {"coords": inputs["coords"][:40].astype(np.int64)},  # CLAM's save_hdf5 makes the same
+                    {"coords": {"patch_size": CELL, "patch_level": 0, "downsample": (1.0, 1.0),
+                                "downsampled_level_dim": (1024, 1024), "level_dim": (1024, 1024), "name": "digits",
+                                "save_path": str(clam.parent)}})
+    code, _, err = features_cli(monkeypatch, capsys, clam, "--slides", inputs["slide"].parent, "--out",
+                                tmp_path / "out", "--weights", inputs["weights"])
+    assert code == 0, err
+    with h5py.File(tmp_path / "out" / "features_tiny" / "digits.h5") as f:
+        assert dict(f["coords"].attrs) == trident_coords_attrs(CELL, 20, 20, str(clam.parent), 1024, 1024, "digits",
+                                                               0)
+        np.testing.assert_allclose(f["features"][()], reference_features(inputs["weights"], inputs["patches"][:40]),
+                                   rtol=1e-4, atol=1e-5)
