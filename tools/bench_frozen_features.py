@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
@@ -133,11 +134,13 @@ def main() -> None:
         from pathoucc.files import read_torch
 
         training = read_torch(weights).get("training", {})
+        load_before = os.getloadavg()[0]
         start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "pathoucc.cli", "features", *map(str, tiles.values()),
                                "--out", str(args.work / "features"), "--model", "resnet18", "--weights",
                                str(weights), "--overwrite"], capture_output=True, text=True, check=True)
         wall = time.perf_counter() - start
+        load = [round(load_before, 1), round(os.getloadavg()[0], 1)]  # 1-min load average: others' work too
         match = re.search(r"\((\d+) patches, (\d+) patches/s\)", proc.stdout)
         folder = args.work / "features" / f"features_standin-{method}"
         feats = {name: read_features(folder / f"{name}.h5")[0] for name in tiles}
@@ -151,6 +154,7 @@ def main() -> None:
                                           "--weights", relative(weights), "--overwrite"]),
             "features_patches": int(match[1]) if match else None,
             "features_patches_per_s": int(match[2]) if match else None, "features_command_wall_s": round(wall, 1),
+            "load_average_before_after": load,
             "test": {"kmeans": scores, "linear_probe": probe["test"]},
             "val": {"kmeans": val_scores, "linear_probe": probe["val"]},
         }
