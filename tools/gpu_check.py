@@ -67,6 +67,7 @@ def train_stage(config: Path, out: Path, overrides: list[str], stage: str) -> di
         return init(backend, *args, **kwargs)
 
     dist.init_process_group = spy
+    collective = _collective_check() if "LOCAL_RANK" in os.environ else None
     cfg = load_config(config, overrides)
     device = _cuda_reset()
     start = time.perf_counter()
@@ -83,8 +84,28 @@ def train_stage(config: Path, out: Path, overrides: list[str], stage: str) -> di
             "steps_per_s": round(steps / elapsed, 2) if elapsed else None,
             "instances_per_s": round(steps * per_step / elapsed) if elapsed else None,
             "peak_gpu_gb": _peak_gb(), "backend": backends[0] if backends else None,
-            "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+            "world_size": int(os.environ.get("WORLD_SIZE", "1")), "all_reduce": collective,
             "accuracy": scores.get("accuracy")}
+
+
+def _collective_check() -> str | None:
+    """Under torchrun with one process, pathoucc trains without a process group (WORLD_SIZE 1); join one here
+    (NCCL on CUDA, gloo otherwise), all-reduce a tensor on the device and leave: ``"nccl ok"`` or what failed.
+    With more processes pathoucc joins the group itself (the spy above records its backend)."""
+    import torch
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return None
+    cuda = torch.cuda.is_available()
+    backend = "nccl" if cuda else "gloo"
+    dist.init_process_group(backend)
+    try:
+        t = torch.full((4,), 2.0, device=f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if cuda else "cpu")
+        dist.all_reduce(t)
+        return f"{backend} ok" if torch.allclose(t.cpu(), torch.full((4,), 2.0)) else f"{backend}: wrong sum"
+    finally:
+        dist.destroy_process_group()
 
 
 def tiles_stage(out: Path, patches: int, size: int, data_dir: Path, region: int = 8) -> dict:
@@ -158,7 +179,11 @@ def features_stage(files: list[Path], out: Path, model: str, weights: Path | Non
     report = embed_files(files, out, options, encoder=encoder)
     if report.failed:
         raise SystemExit(f"features failed: {report.failed}")
-    return {"stage": "features", "device": device, "model": model, "patches": report.patches,
+    from pathoucc.runtime import autocast_dtype, select_device
+
+    amp = autocast_dtype(select_device(options.device), options.amp)
+    return {"stage": "features", "device": device, "amp": str(amp).removeprefix("torch.") if amp else "fp32",
+            "model": model, "patches": report.patches,
             "input_size": list(encoder.input_size), "dim": encoder.num_features,
             "seconds": round(report.seconds, 2), "patches_per_s": round(report.patches_per_s),
             "peak_gpu_gb": _peak_gb(), "folder": str(report.folder)}
@@ -172,7 +197,8 @@ def summary_table(records: list[dict]) -> str:
             continue
         speed = (f"{r['patches_per_s']} patches/s" if "patches_per_s" in r
                  else f"{r.get('instances_per_s')} instances/s")
-        extra = f" ({r['backend']}, world {r['world_size']})" if r.get("backend") else ""
+        backend = r.get("backend") or r.get("all_reduce")
+        extra = f" ({backend}, world {r['world_size']})" if backend else ""
         peak = "-" if r.get("peak_gpu_gb") is None else f"{r['peak_gpu_gb']:.2f}"
         lines.append(f"{r['stage']:<12} {(r.get('device') or '')[:28]:<28} {r.get('amp', ''):<9} {speed:>22} "
                      f"{peak:>11}{extra}")

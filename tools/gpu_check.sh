@@ -8,7 +8,8 @@
 #   2. `pathoucc features` of a tile file of MNIST digits at 224 px with a timm encoder (resnet50, seeded random
 #      weights saved as a local file: the real encoder's cost, no download);
 #   3. the UCC head on those features (data.source: features; HEAD_CONFIG below);
-#   4. the training of step 1 under `torchrun --nproc_per_node 1` (process group: NCCL on CUDA);
+#   4. the training of step 1 under `torchrun --nproc_per_node 1` (GPU_CHECK_NPROC): with one process pathoucc
+#      trains without a process group, so the stage joins one itself (NCCL on CUDA) and all-reduces a tensor;
 #
 # and prints each stage's throughput and peak GPU memory (tools/gpu_check.py measures them), then a table.
 #
@@ -88,7 +89,7 @@ else
 fi
 
 # 4. torchrun, one process, NCCL on CUDA
-stage torchrun 90 "$PY" -m torch.distributed.run --standalone --nproc_per_node 1 \
+stage torchrun 90 "$PY" -m torch.distributed.run --standalone --nproc_per_node "${GPU_CHECK_NPROC:-1}" \
     "$ROOT/tools/gpu_check.py" --results "$RESULTS" $([[ "${GPU_CHECK_ALLOW_CPU:-0}" == 1 ]] || echo --require-cuda) \
     train configs/mnist-smoke.yaml "$WORK/ddp" --name torchrun "${MNIST[@]}"
 

@@ -95,3 +95,20 @@ def test_wheel_list_is_what_the_gpu_machine_lacks():
     assert "albumentations" not in needed and "opencv-python-headless" not in needed
     assert {"albumentations", "opencv-python-headless"} <= set(fill_gpu_wheels.needed(with_augment=True))
     assert all(v[0].isdigit() for v in needed.values())  # pinned to the versions installed here
+
+
+def test_one_process_torchrun_joins_a_group_and_all_reduces(monkeypatch):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1",
+                       "MASTER_PORT": str(port)}.items():
+        monkeypatch.setenv(key, value)
+    import torch
+    import torch.distributed as dist
+
+    expect = "nccl ok" if torch.cuda.is_available() else "gloo ok"
+    assert gpu_check._collective_check() == expect
+    assert not dist.is_initialized()  # left again: pathoucc's single-process training follows
