@@ -111,7 +111,9 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=["simclr", "autoencoder"])
     parser.add_argument("--steps", type=int, default=400, help="stand-in training steps (when trained here)")
     parser.add_argument("--out", type=Path, default=None, help="result JSON (default <work>/results.json)")
+    parser.add_argument("--merge", action="store_true", help="keep the other encoders already in --out")
     args = parser.parse_args()
+    out = args.out or args.work / "results.json"
 
     tiles = make_tiles(args.work, args.data_dir)
     labels = {}
@@ -162,9 +164,13 @@ def main() -> None:
         print(f"{method}: probe val {probe['val']:.4f} test {probe['test']:.4f} | k-means test (train fit) raw "
               f"{scores['raw']['fit_on_train']['accuracy']:.4f} l2 {scores['l2']['fit_on_train']['accuracy']:.4f} "
               f"| {e['features_patches_per_s']} patches/s", flush=True)
+    if args.merge and out.exists():
+        earlier = json.loads(out.read_text())
+        result["encoders"] = {**earlier["encoders"], **result["encoders"]}
+        result["command"] = [*([earlier["command"]] if isinstance(earlier["command"], str) else earlier["command"]),
+                             result["command"]]
     chosen = max(result["encoders"], key=lambda m: result["encoders"][m]["val"]["linear_probe"])
     result["chosen_on_validation"] = chosen
-    out = args.out or args.work / "results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=float) + "\n")
     print(f"chosen on the validation slide: {chosen} -> {out}")
