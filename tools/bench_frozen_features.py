@@ -65,6 +65,7 @@ def make_tiles(work: Path, data_dir: str) -> dict[str, Path]:
 
 def mask_labels(mask: Path, coords: np.ndarray, patch: int = 32) -> np.ndarray:
     """Each patch's class: the ground-truth mask (class + 1, 0 = none) at the patch centre."""
+    Image.MAX_IMAGE_PIXELS = None  # the generator's own mask of a 10 496-px slide (110 M pixels)
     m = np.asarray(Image.open(mask))
     return m[coords[:, 1] + patch // 2, coords[:, 0] + patch // 2].astype(np.int64) - 1
 
