@@ -105,6 +105,58 @@ def linear_probe(train: np.ndarray, y_train: np.ndarray, evals: dict[str, tuple[
     return {name: round(float((probe.predict(x[y >= 0]) == y[y >= 0]).mean()), 4) for name, (x, y) in evals.items()}
 
 
+def encode(weights: Path, tiles: Path, index: np.ndarray | None, batch: int = 512) -> np.ndarray:
+    """In process, the code path of ``pathoucc features`` (encoder, preprocessing, fp32 on the CPU), on the patches
+    ``index`` of a tile file (all when None); nothing is written."""
+    import torch
+
+    from pathoucc.embed import load_encoder
+    from pathoucc.embed.extract import preprocess
+    from pathoucc.slides.tilefile import open_tiles
+
+    enc = load_encoder("resnet18", weights)
+    with open_tiles(tiles) as t, torch.inference_mode():
+        index = np.arange(len(t)) if index is None else index
+        parts = [enc.model(preprocess(torch.from_numpy(t.read(index[i:i + batch])), enc)).numpy()
+                 for i in range(0, len(index), batch)]
+    return np.concatenate(parts)
+
+
+def quick(work: Path, methods: list[str], subset: int, out: Path) -> None:
+    """The scores on a seeded subset of ``subset`` training-slide patches (k-means fit, probe) and the whole
+    validation and test slides, encoded in process: for a machine too busy for the full run."""
+    import torch
+
+    from pathoucc.slides.tilefile import open_tiles
+
+    torch.set_num_threads(1)
+    tiles = {name: work / "tiles" / f"{name}.h5" for name in SLIDES}
+    labels = {}
+    for name, path in tiles.items():
+        with open_tiles(path) as t:
+            labels[name] = mask_labels(work / f"{name}_mask.png", t.coords)
+    pick = np.sort(np.random.default_rng(0).choice(len(labels["train"]), subset, replace=False))
+    result = {"date": date.today().isoformat(), "command": command("bench_frozen_features.py", sys.argv[1:]),
+              "machine": MACHINE, "train_subset": subset, "encoders": {}}
+    for method in methods:
+        weights = work / f"standin-{method}.pt"
+        start = time.perf_counter()
+        feats = {"train": encode(weights, tiles["train"], pick), "val": encode(weights, tiles["val"], None),
+                 "test": encode(weights, tiles["test"], None)}
+        y = {"train": labels["train"][pick], "val": labels["val"], "test": labels["test"]}
+        result["encoders"][method] = {
+            "encode_s": round(time.perf_counter() - start, 1),
+            "test": {"kmeans": kmeans_scores(feats["train"], feats["test"], y["test"])},
+            "val": {"kmeans": kmeans_scores(feats["train"], feats["val"], y["val"])},
+            "linear_probe": linear_probe(feats["train"], y["train"], {n: (feats[n], y[n]) for n in ("val", "test")}),
+        }
+        out.write_text(json.dumps(result, indent=2, default=float) + "\n")
+        e = result["encoders"][method]
+        print(method, json.dumps({"probe": e["linear_probe"],
+                                  "kmeans_test_train_fit": {k: v["fit_on_train"]["accuracy"]
+                                                            for k, v in e["test"]["kmeans"].items()}}), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("bench/frozen"))
@@ -113,8 +165,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400, help="stand-in training steps (when trained here)")
     parser.add_argument("--out", type=Path, default=None, help="result JSON (default <work>/results.json)")
     parser.add_argument("--merge", action="store_true", help="keep the other encoders already in --out")
+    parser.add_argument("--quick", type=int, default=None, metavar="N",
+                        help="score only, in process: N training patches, the whole validation and test slides")
     args = parser.parse_args()
     out = args.out or args.work / "results.json"
+    if args.quick:
+        quick(args.work, args.methods, args.quick, out)
+        return
 
     tiles = make_tiles(args.work, args.data_dir)
     labels = {}
