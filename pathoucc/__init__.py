@@ -10,6 +10,7 @@ The public API, one name per stage (see docs/architecture.md)::
     extract_features, ClusterModel, cluster_run   5 features and the run's k-means (KMeansFit: which features)
     refine_run, count_consistent_labels        5 self-training on count-consistent pseudo-labels
     train_run, TrainReport                     the pipeline (``pathoucc train``): train, refine, score
+    embed_files, load_encoder, FeatureOptions  4 frozen-encoder feature files (``pathoucc features``)
     evaluate_run, evaluate_raw_pixels          5 held-out scores (EvalResult)
     segment_run, SegmentOptions                6 cluster maps of slides
 
@@ -34,6 +35,7 @@ _EXPORTS = {
     "ClusterModel": "pathoucc.cluster", "cluster_run": "pathoucc.cluster", "KMeansFit": "pathoucc.cluster",
     "count_consistent_labels": "pathoucc.cluster.refine", "evaluate_run": "pathoucc.cluster",
     "EvalResult": "pathoucc.cluster", "evaluate_raw_pixels": "pathoucc.cluster", "segment_run": "pathoucc.segment",
+    "embed_files": "pathoucc.embed", "load_encoder": "pathoucc.embed", "FeatureOptions": "pathoucc.options",
 }
 __all__ = ["__version__", *_EXPORTS]
 

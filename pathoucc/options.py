@@ -76,3 +76,18 @@ def validate_options(cls: type[Section], values: dict[str, Any]) -> Any:
         err = exc.errors()[0]
         name = "--" + "-".join(str(p) for p in err["loc"][:1]).replace("_", "-")
         raise PathouccError(f"{name}: {problem_text(err)}") from None
+
+
+class FeatureOptions(Section):
+    """How ``pathoucc features`` encodes patches: the timm ``model`` (hub weights through timm's cache) or its
+    local ``weights`` file, the encoder's ``name`` (default: the model name, or the weights file's stem),
+    ``batch_size`` patches per forward pass, the ``device``, ``amp`` (bf16/fp16 where the hardware has it, else
+    fp32) and ``overwrite`` (encode slides whose features are up to date again)."""
+
+    model: str = Field(min_length=1)
+    weights: Path | None = None
+    name: str | None = None
+    batch_size: int = Field(256, ge=1)
+    device: Device = "auto"
+    amp: bool = True
+    overwrite: bool = False
