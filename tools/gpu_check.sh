@@ -80,9 +80,9 @@ stage features 60 "${CHECK[@]}" features "$WORK/tiles/digits.h5" --out "$WORK/fe
 # 3. the UCC head on those features (data.source: features)
 if [[ -f "$HEAD_CONFIG" ]]; then
     stage head 90 "${CHECK[@]}" train "$HEAD_CONFIG" "$WORK/head" --name head \
-        --set "data.train_features=[$WORK/features/features_$ENCODER/digits.h5]" \
+        --set "data.features=[$WORK/features/features_$ENCODER/digits.h5]" \
         --set "data.test_features=[$WORK/features/features_$ENCODER/digits.h5]" \
-        --set "data.regions_csv=$WORK/tiles/digits_regions.csv" --set train.amp=true
+        --set "data.annotations=$WORK/tiles/digits_regions.csv" --set train.amp=true
 else
     echo "!! head skipped: $HEAD_CONFIG not found (the UCC head on features, data.source: features)"
     FAILED+=("head")

@@ -62,7 +62,7 @@ def test_segment_feature_file_scored_against_its_mask(monkeypatch, capsys, featu
     assert code == 0, err
     assert "test.h5: no overlay.png, its slide was not found (give the slides' folder with --slides)" in out
     folder = tmp_path / "test"
-    assert {p.name for p in folder.iterdir()} == {"clusters.h5", "clusters.csv", "clusters.geojson",
+    assert {p.name for p in folder.iterdir()} == {"clusters.h5", "clusters.csv", "clusters.geojson", "patches.geojson",
                                                   "cluster_map.png", "scores.json"}
     scores = json.loads((folder / "scores.json").read_text())
     assert scores["patches"]["num_patches"] == SIDE * SIDE and scores["patches"]["accuracy"] >= 0.95
