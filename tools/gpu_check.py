@@ -80,7 +80,7 @@ def train_stage(config: Path, out: Path, overrides: list[str], stage: str) -> di
     amp = autocast_dtype(select_device(cfg.train.device), cfg.train.amp)
     scores = dict(report.scores) if report.scores is not None else {}
     return {"stage": stage, "device": device, "amp": str(amp).removeprefix("torch.") if amp else "fp32",
-            "steps": steps, "train_s": round(elapsed, 1), "total_s": round(seconds, 1),
+            "steps": steps, "train_s": round(elapsed, 3), "total_s": round(seconds, 1),
             "steps_per_s": round(steps / elapsed, 2) if elapsed else None,
             "instances_per_s": round(steps * per_step / elapsed) if elapsed else None,
             "peak_gpu_gb": _peak_gb(), "backend": backends[0] if backends else None,
