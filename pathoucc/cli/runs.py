@@ -86,8 +86,9 @@ def baseline(
     out: Annotated[Path | None, typer.Option("--out", help="Write the scores to this JSON file")] = None,
     set_: Overrides = None,
     method: Annotated[Literal["raw-pixels", "iic"], typer.Option(
-        help="raw-pixels: k-means on the pixels (no model); iic: train IIC (no labels, no counts) under the "
-             "config's train.steps / train.max_minutes and score its clusters")] = "raw-pixels",
+        help="raw-pixels: k-means on the pixels (no model; on feature files: on the frozen features); iic: "
+             "train IIC (no labels, no counts) under the config's train.steps / train.max_minutes and score its "
+             "clusters")] = "raw-pixels",
 ) -> None:
     """The reference baselines: k-means on the raw pixels of the held-out instances, or IIC."""
     cfg = load_config(config, set_ or [])
@@ -99,7 +100,7 @@ def baseline(
         from pathoucc.cluster import evaluate_raw_pixels
 
         result = evaluate_raw_pixels(cfg, split=split)
-    print_scores({f"{method} ({split})": result})
+    print_scores({f"{result.get('method', method)} ({split})": result})
     if out is not None:
         write_json(out, result)
 
