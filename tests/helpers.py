@@ -138,3 +138,20 @@ def count_regions_geojson(path: Path, class_map, window: int, extent: int) -> li
             counts.append(ucc)
     path.write_text(json.dumps({"type": "FeatureCollection", "features": feats}))
     return counts
+
+
+FEATURE_SIDE, FEATURE_EXTENT = 12, 16  # the feature-file tests' slide: 12 x 12 patches of 16 level-0 px
+
+
+def tiny_digit_config(tiles, cell: int, steps: int, batch_size: int = 128) -> dict:
+    """The raw config of a tiny run on the digit slide's tile file ``tiles`` (``cell``-px patches): a small conv
+    encoder, bags of 8, ``steps`` training steps, no validation split."""
+    return {
+        "name": "digits", "seed": 1,
+        "data": {"source": "tiles", "train_tiles": [str(tiles)], "val_fraction": 0.0},
+        "bags": {"bag_size": 8, "bags_per_batch": 4, "ucc_min": 1, "ucc_max": 4},
+        "model": {"backbone": "conv", "widths": [8, 16], "in_chans": 3, "input_size": cell, "num_features": 8,
+                  "mlp": [16], "decoder_widths": [16, 8]},
+        "train": {"steps": steps, "val_every": 100, "checkpoint_every": 100, "log_every": 100, "val_bags": 4},
+        "eval": {"n_init": 2, "batch_size": batch_size},
+    }

@@ -11,7 +11,7 @@ import uuid
 import h5py
 import numpy as np
 import pytest
-from helpers import one_line_error, run_cli
+from helpers import one_line_error, run_cli, tiny_digit_config
 from slide_fixtures import CELL, cell_class
 
 from pathoucc.cluster.kmeans import ClusterModel
@@ -29,15 +29,7 @@ def named_run(digit_slide, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("namedrun")
     tiles = tile_slide(digit_slide["slide"], folder / "tiles", patch_size=CELL, level=0, region_size=256,
                        annotations=digit_slide["mask"], workers=1)
-    cfg = config_from_dict({
-        "name": "digits", "seed": 1,
-        "data": {"source": "tiles", "train_tiles": [str(tiles)], "val_fraction": 0.0},
-        "bags": {"bag_size": 8, "bags_per_batch": 4, "ucc_min": 1, "ucc_max": 4},
-        "model": {"backbone": "conv", "widths": [8, 16], "in_chans": 3, "input_size": CELL, "num_features": 8,
-                  "mlp": [16], "decoder_widths": [16, 8]},
-        "train": {"steps": 20, "val_every": 100, "checkpoint_every": 100, "log_every": 100, "val_bags": 4},
-        "eval": {"n_init": 2, "batch_size": 128},
-    })
+    cfg = config_from_dict(tiny_digit_config(tiles, CELL, steps=20))
     train_ucc(cfg, folder / "run", progress=False)
     with open_tiles(tiles) as t:
         coords = t.coords.copy()

@@ -10,6 +10,8 @@ import h5py
 import numpy as np
 import pytest
 from helpers import (
+    FEATURE_EXTENT,
+    FEATURE_SIDE,
     count_regions_geojson,
     feature_cohort,
     one_line_error,
@@ -22,7 +24,7 @@ from PIL import Image
 from pathoucc.config import config_from_dict
 from pathoucc.training.train import train_ucc
 
-SIDE, EXTENT = 12, 16
+SIDE, EXTENT = FEATURE_SIDE, FEATURE_EXTENT
 
 
 @pytest.fixture(scope="module")

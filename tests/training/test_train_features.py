@@ -10,6 +10,8 @@ import pytest
 import torch
 import yaml
 from helpers import (
+    FEATURE_EXTENT,
+    FEATURE_SIDE,
     count_regions_geojson,
     feature_cohort,
     one_line_error,
@@ -23,7 +25,7 @@ from pathoucc.config import config_from_dict
 from pathoucc.run import load_run
 from pathoucc.training.train import train_ucc
 
-SIDE, EXTENT = 12, 16
+SIDE, EXTENT = FEATURE_SIDE, FEATURE_EXTENT
 
 
 def _cohort(tmp_path, layout: str) -> tuple[list[str], str]:

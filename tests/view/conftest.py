@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from helpers import tiny_digit_config
 from slide_fixtures import CELL
 
 from pathoucc.config import config_from_dict
@@ -24,15 +25,7 @@ def segmented(digit_slide, tmp_path_factory) -> dict:
     folder = tmp_path_factory.mktemp("view")
     tiles = tile_slide(digit_slide["slide"], folder / "tiles", patch_size=CELL, stride=CELL, level=0,
                        region_size=256, annotations=digit_slide["mask"], workers=1)
-    cfg = config_from_dict({
-        "name": "digits", "seed": 1,
-        "data": {"source": "tiles", "train_tiles": [str(tiles)], "val_fraction": 0.0},
-        "bags": {"bag_size": 8, "bags_per_batch": 4, "ucc_min": 1, "ucc_max": 4},
-        "model": {"backbone": "conv", "widths": [8, 16], "in_chans": 3, "input_size": CELL, "num_features": 8,
-                  "mlp": [16], "decoder_widths": [16, 8]},
-        "train": {"steps": 10, "val_every": 100, "checkpoint_every": 100, "log_every": 100, "val_bags": 4},
-        "eval": {"n_init": 2, "batch_size": 256},
-    })
+    cfg = config_from_dict(tiny_digit_config(tiles, CELL, steps=10, batch_size=256))
     train_ucc(cfg, folder / "run", progress=False)
     segment_run(folder / "run", [tiles], out=folder / "maps", options=SegmentOptions(k=4, device="cpu"))
     return {"maps": folder / "maps", "folder": folder / "maps" / "digits", "run": folder / "run",
