@@ -267,3 +267,19 @@ def test_clam_coords_file_gets_tridents_attributes(inputs, tmp_path, monkeypatch
                                                                0)
         np.testing.assert_allclose(f["features"][()], reference_features(inputs["weights"], inputs["patches"][:40]),
                                    rtol=1e-4, atol=1e-5)
+
+
+def test_written_files_read_back_as_feature_files(inputs, tmp_path, monkeypatch, capsys):
+    """What `pathoucc features` writes is what the feature-file reader (the training side) takes: the same rows,
+    coords, encoder and weights digest, as a TRIDENT file."""
+    from pathoucc.slides.features import open_features
+
+    code, _, err = features_cli(monkeypatch, capsys, inputs["tiles"], "--out", tmp_path, "--weights",
+                                inputs["weights"], "--batch-size", 100)
+    assert code == 0, err
+    path = tmp_path / "features_tiny" / "digits.h5"
+    with open_features(path) as f, h5py.File(path) as raw:
+        assert f.layout == "trident" and f.encoder == "tiny" and f.dim == raw["features"].shape[1]
+        assert f.weights_digest == hashlib.sha256(inputs["weights"].read_bytes()).hexdigest()
+        np.testing.assert_array_equal(f.coords, inputs["coords"])
+        np.testing.assert_array_equal(f.read(np.arange(len(f))), raw["features"][()])
