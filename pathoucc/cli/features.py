@@ -44,17 +44,12 @@ def features(
 ) -> None:
     """Encode every patch with a frozen timm encoder: one TRIDENT-layout feature file per slide."""
     from pathoucc.embed import embed_files
-    from pathoucc.slides.cohort import parse_shard, read_slide_list, shard_slides
+    from pathoucc.slides.cohort import select_inputs
 
-    index, count = parse_shard(shard) if shard is not None else (1, 1)
-    if files and file_list is not None:
-        raise PathouccError("give patch files or --file-list, not both")
-    files = read_slide_list(file_list) if file_list is not None else list(files or [])
-    if not files:
-        raise PathouccError("no patch files: give tile or coords files, or --file-list FILE")
-    everything = len(files)
+    files, everything, (index, count) = select_inputs(
+        files, file_list, shard, what="patch files", list_option="--file-list",
+        hint="give tile or coords files, or --file-list FILE")
     if shard is not None:
-        files = shard_slides(files, index, count)
         typer.echo(f"shard {index}/{count}: {len(files)} of {everything} files")
     options = validate_options(FeatureOptions, dict(
         model=model, weights=weights, name=name, batch_size=batch_size, device=device, amp=amp,

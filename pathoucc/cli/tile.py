@@ -46,17 +46,12 @@ def tile(
     overwrite: Annotated[bool, _output("--overwrite", help="Re-tile slides whose output exists")] = False,
 ) -> None:
     """Cut slides into tissue patches (one HDF5 per slide), with patch labels and region counts if annotated."""
-    from pathoucc.slides.cohort import parse_shard, read_slide_list, shard_slides
+    from pathoucc.slides.cohort import select_inputs
 
-    index, count = parse_shard(shard) if shard is not None else (1, 1)
-    if slides and slide_list is not None:
-        raise PathouccError("give slides or --slide-list, not both")
-    slides = read_slide_list(slide_list) if slide_list is not None else list(slides or [])
-    if not slides:
-        raise PathouccError("no slides: give slide files or --slide-list FILE")
-    everything = len(slides)
+    slides, everything, (index, count) = select_inputs(
+        slides, slide_list, shard, what="slides", list_option="--slide-list",
+        hint="give slide files or --slide-list FILE")
     if shard is not None:
-        slides = shard_slides(slides, index, count)
         typer.echo(f"shard {index}/{count}: {len(slides)} of {everything} slides")
     given = [(k, v) for k, v in (("mask", mask), ("geojson", geojson), ("csv", regions_csv)) if v is not None]
     if len(given) > 1:

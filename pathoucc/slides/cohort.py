@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pathoucc.errors import PathouccError
 
-__all__ = ["parse_shard", "read_slide_list", "shard_slides"]
+__all__ = ["parse_shard", "read_slide_list", "select_inputs", "shard_slides"]
 
 
 def read_slide_list(path: str | Path) -> list[Path]:
@@ -54,3 +54,20 @@ def shard_slides(slides: list[Path], index: int, count: int) -> list[Path]:
     stems = sorted({p.stem for p in ordered})
     mine = set(stems[index - 1::count])
     return [p for p in ordered if p.stem in mine]
+
+
+def select_inputs(paths: list[Path] | None, list_file: Path | None, shard: str | None, *, what: str,
+                  list_option: str, hint: str) -> tuple[list[Path], int, tuple[int, int]]:
+    """The inputs of one job: ``paths`` or those listed in ``list_file`` (not both), then shard ``I/N`` of them.
+
+    Returns ``(selected, total, (I, N))`` (``(1, 1)`` without a shard); ``what`` names the inputs in the errors
+    (``"slides"``), ``list_option`` is the list's option (``"--slide-list"``) and ``hint`` says what to give when
+    there are none."""
+    index, count = parse_shard(shard) if shard is not None else (1, 1)
+    if paths and list_file is not None:
+        raise PathouccError(f"give {what} or {list_option}, not both")
+    selected = read_slide_list(list_file) if list_file is not None else list(paths or [])
+    if not selected:
+        raise PathouccError(f"no {what}: {hint}")
+    total = len(selected)
+    return (shard_slides(selected, index, count) if shard is not None else selected), total, (index, count)
