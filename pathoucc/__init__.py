@@ -33,7 +33,7 @@ _EXPORTS = {
     "load_run": "pathoucc.run", "train_ucc": "pathoucc.training.train", "train_run": "pathoucc.pipeline",
     "TrainReport": "pathoucc.pipeline", "refine_run": "pathoucc.pipeline", "extract_features": "pathoucc.cluster",
     "ClusterModel": "pathoucc.cluster", "cluster_run": "pathoucc.cluster", "KMeansFit": "pathoucc.cluster",
-    "count_consistent_labels": "pathoucc.cluster.refine", "evaluate_run": "pathoucc.cluster",
+    "count_consistent_labels": "pathoucc.cluster.counted", "evaluate_run": "pathoucc.cluster",
     "EvalResult": "pathoucc.cluster", "evaluate_raw_pixels": "pathoucc.cluster", "segment_run": "pathoucc.segment",
     "embed_files": "pathoucc.embed", "load_encoder": "pathoucc.embed", "FeatureOptions": "pathoucc.options",
 }

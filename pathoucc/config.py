@@ -163,12 +163,16 @@ class RefineConfig(Section):
     """Count-consistent self-training after the UCC training (:mod:`pathoucc.cluster.refine`; ``steps`` 0 = off):
     each of ``rounds`` rounds clusters the training patches' features, corrects the clusters of every region to its
     count, and fine-tunes the encoder on them for ``steps`` steps of ``batch_size`` patches (Adam at ``lr``, cosine
-    to 0). Needs regions with counts: ``data.source: tiles``."""
+    to 0). Needs regions with counts: ``data.source: tiles``. ``count_iters`` > 0: the clusters are fitted by at
+    most that many rounds of count-constrained k-means (``pathoucc.cluster.counted``), re-seeding any cluster left
+    with under ``min_cluster_share`` of the patches; 0: plain k-means."""
 
     steps: int = Field(0, ge=0)
     rounds: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(256, ge=2)
+    count_iters: int = Field(0, ge=0)
+    min_cluster_share: float = Field(1e-3, ge=0, lt=1)
 
 
 class Config(Section):

@@ -102,7 +102,17 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
     cfg = load_config(args.config, overrides)
     run = built["folder"] / f"run-seed{cfg.seed}"
     reused = args.reuse_run and (run / "model.pt").exists() and not built["made"]
-    if reused:
+    if args.refine_again:
+        if built["made"] or not (run / "model-ucc.pt").exists():
+            raise SystemExit(f"error: {run}: no trained UCC model (model-ucc.pt) of these slides to refine again")
+        timings = json.loads((run / "timings.json").read_text()) if (run / "timings.json").exists() else timings
+        _same_but_refine(load_config(run / "config.yaml"), cfg, run)
+        start = time.perf_counter()
+        refine_run(run, [f"refine.{key}={value}" for key, value in cfg.to_dict()["refine"].items()],
+                   progress=sys.stderr.isatty())
+        timings["refine_again_s"] = time.perf_counter() - start
+        (run / "timings.json").write_text(json.dumps(timings) + "\n")
+    elif reused:
         timings = json.loads((run / "timings.json").read_text()) if (run / "timings.json").exists() else timings
     else:
         resume = args.resume and (run / "checkpoint.pt").exists() and not built["made"]
@@ -135,9 +145,21 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
         "val_patch_accuracy": slides["val"]["scores"]["patches"]["accuracy"],
         "count_accuracy": count_accuracy(log), "slides": slides,
         "refine": json.loads((run / "refine.json").read_text()) if (run / "refine.json").exists() else None,
+        "refined_again": bool(args.refine_again),
         "timings_s": {k: round(v, 1) for k, v in timings.items()}, "peak_rss_gb": round(usage.ru_maxrss / 2**20, 2),
         "training_log": [r for r in log if any(k.startswith("val") for k in r)],
     }
+
+
+def _same_but_refine(trained, cfg, run: Path) -> None:
+    """Refuse to refine ``run`` again unless its UCC training had ``cfg``'s settings (``refine`` aside)."""
+    old, new = trained.to_dict(), cfg.to_dict()
+    old.pop("refine"), new.pop("refine")
+    if old != new:
+        keys = sorted(f"{section}.{key}" for section in new for key in new[section] or {}
+                      if isinstance(new[section], dict) and old.get(section, {}).get(key) != new[section][key])
+        changed = ", ".join(keys) or "top-level keys"
+        raise SystemExit(f"error: {run}: its UCC model was trained with other settings ({changed}); train it again")
 
 
 def _plain(value: object) -> object:
@@ -210,6 +232,9 @@ def main(argv: list[str] | None = None) -> None:
     again.add_argument("--resume", action="store_true",
                         help="continue the cell's interrupted run of this seed from its last checkpoint (same cached "
                              "slides only; the result equals an uninterrupted run)")
+    again.add_argument("--refine-again", action="store_true",
+                        help="keep the cell's trained UCC model of this seed (model-ucc.pt, same settings but "
+                             "refine.*) and redo only the refinement with the config's refine settings")
     parser.add_argument("--summary-only", action="store_true", help="train nothing: table and plot only")
     args = parser.parse_args(argv)
     try:

@@ -4,7 +4,9 @@ The UCC model learns features from counts alone; on bags of tens to hundreds of 
 right for about 9 patches in 10. The counts say more than the model used: a region labelled ``c`` holds exactly
 ``c`` classes. So, per round:
 
-1. the features of every training patch are clustered (k-means, ``k`` = ``eval.k`` or the training classes);
+1. the features of every training patch are clustered (k-means, ``k`` = ``eval.k`` or the training classes),
+   and with ``refine.count_iters`` > 0 the centres are then moved by the counts (count-constrained k-means,
+   :func:`pathoucc.cluster.counted.fit_count_kmeans`: it splits classes that plain k-means joins);
 2. in each count-labelled region only the ``c`` clusters holding most of its patches are kept, and each of its
    patches takes the nearest kept cluster (:func:`count_consistent_labels`): a stray patch of a one-class region
    joins that class; patches outside every region get no label and are not used;
@@ -36,13 +38,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from pathoucc.cluster.counted import count_consistent_labels, fit_count_kmeans
 from pathoucc.cluster.features import extract_features, inference_dtype
-from pathoucc.cluster.kmeans import MAX_FIT_PATCHES, ClusterModel, fit_kmeans
 from pathoucc.cluster.metrics import clustering_accuracy
 from pathoucc.config import Config
 from pathoucc.data.augment import augment_images, build_augment, reseed_augment
 from pathoucc.data.loader import to_model_input
-from pathoucc.data.pool import Pool, subsample
+from pathoucc.data.pool import Pool
 from pathoucc.errors import PathouccError
 from pathoucc.models import UCCModel
 from pathoucc.runtime import autocast, autocast_dtype
@@ -59,47 +61,16 @@ log = logging.getLogger(__name__)
 RANK_STRIDE = 1_000_000  # rank r > 0 augments with seed + 1000 (round + 1) + RANK_STRIDE r
 
 
-def count_consistent_labels(distances: np.ndarray, region: np.ndarray, region_count: np.ndarray) -> np.ndarray:
-    """Pseudo-labels ``(N,)`` int64 that agree with every region's count; -1 outside regions.
-
-    distances : (N, K) squared distances of each patch to the K cluster centres.
-    region : (N,) int64 region of each patch (-1 = in none).
-    region_count : (R,) int64 count (number of distinct classes) of each region.
-
-    In a region of count ``c`` the ``c`` clusters nearest to most of its patches are kept (ties: the lower
-    cluster index); each of its patches takes the nearest kept cluster. A region whose patches fall in fewer than
-    ``c`` clusters keeps those.
-    """
-    distances = np.asarray(distances, np.float32)
-    region = np.asarray(region, np.int64)
-    count = np.asarray(region_count, np.int64)
-    if distances.ndim != 2 or len(distances) != len(region):
-        raise ValueError(f"distances {distances.shape} and region {region.shape} do not match")
-    if len(region) and region.max(initial=-1) >= len(count):
-        raise ValueError(f"region index {int(region.max())} has no count (only {len(count)} regions)")
-    k = distances.shape[1]
-    nearest = distances.argmin(1)
-    out = np.full(len(region), -1, np.int64)
-    inside = np.flatnonzero(region >= 0)
-    order = inside[np.argsort(region[inside], kind="stable")]
-    ids, starts = np.unique(region[order], return_index=True)
-    for r, idx in zip(ids.tolist(), np.split(order, starts[1:]), strict=True):
-        sizes = np.bincount(nearest[idx], minlength=k)
-        present = np.flatnonzero(sizes)
-        keep = present[np.argsort(-sizes[present], kind="stable")][: max(1, int(count[r]))]
-        out[idx] = keep[distances[np.ix_(idx, keep)].argmin(1)]
-    return out
-
-
 def _cluster(model: UCCModel, pool: Pool, cfg: Config, k: int, index: np.ndarray,
-             device: torch.device) -> np.ndarray:
-    """Squared distances ``(len(index), k)`` of the patches ``index`` to the centres of the features' k-means
-    (fitted on at most MAX_FIT_PATCHES of them, seeded)."""
+             device: torch.device) -> tuple[np.ndarray, dict[str, Any]]:
+    """Squared distances ``(len(index), k)`` of the patches ``index`` to the centres of the round's fit: k-means
+    of their features, then ``refine.count_iters`` rounds of count-constrained k-means
+    (:func:`pathoucc.cluster.counted.fit_count_kmeans`); and that fit's summary."""
     features = extract_features(model, pool, cfg.eval.batch_size, device, index=index,
                                 dtype=inference_dtype(cfg, device))
-    fit = subsample(len(index), MAX_FIT_PATCHES, cfg.seed)
-    km = fit_kmeans(features[fit], k, cfg.seed, cfg.eval.n_init)
-    return ClusterModel(km.cluster_centers_.astype(np.float32)).distances(features)
+    centres, info = fit_count_kmeans(features, pool.region[index], pool.region_count, k, cfg.seed, cfg.eval.n_init,
+                                     cfg.refine.count_iters, cfg.refine.min_cluster_share)
+    return centres.distances(features), info
 
 
 class _ClusterNet(nn.Module):
@@ -195,10 +166,12 @@ def refine_model(model: UCCModel, cfg: Config, pool: Pool, k: int,
             cluster_s = float(resume["cluster_seconds"])
         else:
             model.eval()
-            distances = _cluster(model, pool, cfg, k, index, device)
+            distances, fitted = _cluster(model, pool, cfg, k, index, device)
             labels = count_consistent_labels(distances, pool.region[index], pool.region_count)
             nearest = distances.argmin(1)
             summary = {"round": rnd + 1, "patches": len(index), "changed_by_counts": float(np.mean(labels != nearest))}
+            if cfg.refine.count_iters:
+                summary["count_kmeans"] = fitted
             if known.any():
                 truth = pool.labels[index][known]
                 summary |= {"kmeans_accuracy": clustering_accuracy(truth, nearest[known]),

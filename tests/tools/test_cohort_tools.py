@@ -119,7 +119,7 @@ def test_bench_cohorts_scores_every_slide_of_a_cell(tmp_path, monkeypatch):
     cfg["model"]["widths"] = [4, 8, 8]
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(cfg))
     args = argparse.Namespace(work=tmp_path / "work", data_dir="data", config=tmp_path / "small.yaml", seed=None,
-                              reuse_run=False, resume=False)
+                              reuse_run=False, resume=False, refine_again=False)
     result = run_cell(cell, args)
 
     assert result["config"]["resolved"]["model"]["input_size"] == CELL
@@ -138,4 +138,18 @@ def test_bench_cohorts_scores_every_slide_of_a_cell(tmp_path, monkeypatch):
         assert (per_digit == digits).all()
     assert result["test_patch_accuracy"] == result["slides"]["test"]["scores"]["patches"]["accuracy"]
     assert result["count_accuracy"]["held_out_regions_last"] is not None
-    assert result["refine"]["rounds"] and result["recipe"] == recipe
+    assert result["refine"]["rounds"] and result["recipe"] == recipe and not result["refined_again"]
+
+    # the same UCC model refined again with other refine settings; any other change is refused
+    run = tmp_path / "work" / cell.name / "run-seed0"
+    ucc = (run / "model-ucc.pt").read_bytes()
+    cfg["refine"].update(rounds=2, count_iters=0)
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(cfg))
+    again = run_cell(cell, argparse.Namespace(**{**vars(args), "refine_again": True}))
+    assert again["refined_again"] and len(again["refine"]["rounds"]) == 2
+    assert (run / "model-ucc.pt").read_bytes() == ucc
+    assert "count_kmeans" not in again["refine"]["rounds"][0]
+    cfg["train"]["lr"] = 1e-4
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.raises(SystemExit, match=r"trained with other settings \(train.lr\)"):
+        run_cell(cell, argparse.Namespace(**{**vars(args), "refine_again": True}))

@@ -1,0 +1,63 @@
+"""Count-constrained k-means (pathoucc.cluster.counted): the counts move the centres and split joined classes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pathoucc.cluster.counted import count_consistent_labels, fit_count_kmeans
+from pathoucc.cluster.kmeans import fit_kmeans
+from pathoucc.cluster.metrics import clustering_accuracy
+
+
+def _cohort(seed: int, k: int = 6, regions: int = 120, per: int = 60, spread: float = 0.35):
+    """Regions of ``per`` 2-D points holding 1-3 of ``k`` well-separated Gaussian classes, intermixed."""
+    rng = np.random.default_rng(seed)
+    while True:
+        centres = rng.normal(size=(k, 2)) * 2.0
+        gaps = np.sqrt(((centres[:, None] - centres[None]) ** 2).sum(-1)) + np.eye(k) * 9
+        if gaps.min() > 1.6:
+            break
+    x, y, region, count = [], [], [], []
+    for r in range(regions):
+        c = int(rng.integers(1, 4))
+        classes = rng.choice(k, c, replace=False)
+        labels = np.concatenate([classes, rng.choice(classes, per - c)])
+        x.append(centres[labels] + rng.normal(size=(per, 2)) * spread)
+        y.append(labels), region.append(np.full(per, r)), count.append(c)
+    return np.concatenate(x).astype(np.float32), np.concatenate(y), np.concatenate(region), np.array(count)
+
+
+def test_the_counts_split_two_classes_that_kmeans_joins():
+    x, y, region, count = _cohort(27)
+    plain, _ = fit_count_kmeans(x, region, count, 6, seed=0, n_init=1, max_iter=0)
+    counted, info = fit_count_kmeans(x, region, count, 6, seed=0, n_init=1, max_iter=30)
+    before = clustering_accuracy(y, count_consistent_labels(plain.distances(x), region, count))
+    after = clustering_accuracy(y, count_consistent_labels(counted.distances(x), region, count))
+    assert before < 0.85  # k-means joined two classes (and split another); the count correction cannot undo it
+    assert after > 0.99
+    assert info["reseeded"] >= 1 and info["changed"] > 0.2 and info["iterations"] < 30
+
+
+def test_no_iterations_is_plain_kmeans():
+    x, _, region, count = _cohort(3)
+    plain, info = fit_count_kmeans(x, region, count, 6, seed=4, n_init=2, max_iter=0)
+    np.testing.assert_array_equal(plain.centers, fit_kmeans(x, 6, 4, 2).cluster_centers_.astype(np.float32))
+    assert info == {"iterations": 0, "reseeded": 0, "changed": 0.0}
+
+
+def test_deterministic_and_every_cluster_kept():
+    x, _, region, count = _cohort(8)
+    a, _ = fit_count_kmeans(x, region, count, 6, seed=1, n_init=1, max_iter=30)
+    b, _ = fit_count_kmeans(x, region, count, 6, seed=1, n_init=1, max_iter=30)
+    np.testing.assert_array_equal(a.centers, b.centers)
+    labels = count_consistent_labels(a.distances(x), region, count)
+    assert np.bincount(labels, minlength=6).min() >= 1
+
+
+def test_rows_must_lie_in_regions():
+    x, _, region, count = _cohort(3)
+    region = region.copy()
+    region[0] = -1
+    with pytest.raises(ValueError, match="one region >= 0 per feature row"):
+        fit_count_kmeans(x, region, count, 6)
