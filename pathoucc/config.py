@@ -171,7 +171,7 @@ class RefineConfig(Section):
     rounds: int = Field(1, ge=1)
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(256, ge=2)
-    count_iters: int = Field(0, ge=0)
+    count_iters: int = Field(30, ge=0)
     min_cluster_share: float = Field(1e-3, ge=0, lt=1)
 
 
