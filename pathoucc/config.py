@@ -163,9 +163,10 @@ class RefineConfig(Section):
     """Count-consistent self-training after the UCC training (:mod:`pathoucc.cluster.refine`; ``steps`` 0 = off):
     each of ``rounds`` rounds clusters the training patches' features, corrects the clusters of every region to its
     count, and fine-tunes the encoder on them for ``steps`` steps of ``batch_size`` patches (Adam at ``lr``, cosine
-    to 0). Needs regions with counts: ``data.source: tiles``. ``count_iters`` > 0: the clusters are fitted by at
-    most that many rounds of count-constrained k-means (``pathoucc.cluster.counted``), re-seeding any cluster left
-    with under ``min_cluster_share`` of the patches; 0: plain k-means."""
+    to 0). The regions: those of tiles or feature files; for MNIST/IDX, the training instances dealt once into
+    fixed bags drawn like the training's (``pathoucc.data.fixed_bags``). ``count_iters`` > 0: the clusters are
+    fitted by at most that many rounds of count-constrained k-means (``pathoucc.cluster.counted``), re-seeding any
+    cluster left with under ``min_cluster_share`` of the patches; 0: plain k-means."""
 
     steps: int = Field(0, ge=0)
     rounds: int = Field(1, ge=1)
@@ -189,10 +190,7 @@ class Config(Section):
     refine: RefineConfig = Field(default_factory=RefineConfig)
 
     @model_validator(mode="after")
-    def _refine_needs_regions(self) -> Config:
-        if self.refine.steps and self.data.source not in ("tiles", "features"):
-            raise ValueError("refine.steps needs count-labelled regions: data.source must be tiles or features "
-                             f"(got {self.data.source!r}); set refine.steps: 0")
+    def _sources_and_models(self) -> Config:
         if (self.data.source == "features") != (self.model.backbone == "mlp"):
             raise ValueError("data.source features and model.backbone mlp go together (feature vectors in, no "
                              f"image encoder); got source {self.data.source!r}, backbone {self.model.backbone!r}")

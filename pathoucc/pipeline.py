@@ -14,6 +14,7 @@ from pathoucc.cluster.evaluate import EvalResult, evaluate_run
 from pathoucc.cluster.kmeans import default_k
 from pathoucc.cluster.refine import refine_model
 from pathoucc.config import Config, apply_overrides, config_from_dict, load_config, parse_override, save_config
+from pathoucc.data.fixed_bags import with_fixed_bags
 from pathoucc.data.sources import load_pools
 from pathoucc.errors import PathouccError
 from pathoucc.files import write_json
@@ -93,6 +94,8 @@ def refine_run(run_dir: str | Path, overrides: list[str] | None = None, device: 
         world.barrier()  # every rank has read the run folder before rank 0 changes it
         torch_device = world.device(select_device(device or cfg.train.device))
         pool = load_pools(cfg.data, ("train",))["train"]
+        if pool.region is None:  # MNIST/IDX: bags built from labels; the refinement needs fixed ones
+            pool = with_fixed_bags(pool, cfg.bags.bag_size, cfg.bags.ucc_min, cfg.bags.ucc_max, cfg.seed)
         if world.main:
             # model.pt, k-means and refinement of earlier weights go; an interrupted refinement's state stays
             clear_weight_outputs(run_dir, keep=(MODEL_UCC, REFINE_CHECKPOINT, REFINE_LOG) if resume else (MODEL_UCC,))

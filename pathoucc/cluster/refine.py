@@ -5,8 +5,9 @@ right for about 9 patches in 10. The counts say more than the model used: a regi
 ``c`` classes. So, per round:
 
 1. the features of every training patch are clustered (k-means, ``k`` = ``eval.k`` or the training classes),
-   and with ``refine.count_iters`` > 0 (the default) the centres are then moved by the counts (count-constrained k-means,
-   :func:`pathoucc.cluster.counted.fit_count_kmeans`: it splits classes that plain k-means joins);
+   and with ``refine.count_iters`` > 0 (the default) the centres are then moved by the counts
+   (count-constrained k-means, :func:`pathoucc.cluster.counted.fit_count_kmeans`: it splits classes that plain
+   k-means joins);
 2. in each count-labelled region only the ``c`` clusters holding most of its patches are kept, and each of its
    patches takes the nearest kept cluster (:func:`count_consistent_labels`): a stray patch of a one-class region
    joins that class; patches outside every region get no label and are not used;

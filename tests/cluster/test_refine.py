@@ -125,9 +125,20 @@ def test_refine_needs_count_regions(digits) -> None:
         refine_model(model, cfg, InstancePool(images[:50], labels[:50]), k=3)
 
 
-def test_refine_in_config_needs_tiles() -> None:
-    with pytest.raises(PathouccError, match=r"refine.steps needs count-labelled regions.*mnist"):
-        config_from_dict({"refine": {"steps": 10}})
+def test_refine_on_built_bags_uses_fixed_bags(tiny_config, tmp_path) -> None:
+    """MNIST/IDX: the refinement deals the training instances into fixed bags of the config's size and counts."""
+    from pathoucc.pipeline import train_run
+
+    tiny_config["refine"] = {"steps": 4, "rounds": 2, "batch_size": 32}
+    report = train_run(config_from_dict(tiny_config), tmp_path / "run")
+    rounds = report.refine["rounds"]
+    assert len(rounds) == 2 and rounds[0]["patches"] > 0.9 * 1197  # the training split (80 % of 1497), in bags
+    assert 0 <= rounds[0]["changed_by_counts"] < 1 and "pseudo_label_accuracy" in rounds[0]
+    assert "count_kmeans" in rounds[0]  # refine.count_iters: 30 by default
+    assert not _same_weights(tmp_path / "run" / "model.pt", tmp_path / "run" / "model-ucc.pt")
+
+
+def test_refine_config_keys() -> None:
     with pytest.raises(PathouccError, match=r"unknown key 'refine.round'.*valid keys here: steps, rounds"):
         config_from_dict({"refine": {"round": 2}})
 
@@ -254,11 +265,6 @@ def test_cli_train_is_the_python_call_and_refine_re_refines(monkeypatch, capsys,
     code, _, err = run_cli(monkeypatch, capsys, "refine", str(run), "--set", "train.lr=0.1")
     assert code == 2
     one_line_error(err, "train.lr=0.1", "only refine.* settings")
-    # refinement needs count-labelled regions: refused before any training, in one line
-    config.write_text(yaml.safe_dump({"data": {"source": "mnist"}, "refine": {"steps": 5}}))
-    code, _, err = run_cli(monkeypatch, capsys, "train", str(config), "--out", str(tmp_path / "no"))
-    assert code == 2 and not (tmp_path / "no").exists()
-    one_line_error(err, "slides.yaml", "refine.steps needs count-labelled regions")
 
 
 class _Killed(BaseException):
