@@ -9,7 +9,8 @@ right for about 9 patches in 10. The counts say more than the model used: a regi
    :func:`pathoucc.cluster.counted.fit_count_kmeans`: it splits classes that plain k-means joins);
 2. in each count-labelled region only the ``c`` clusters holding most of its patches are kept, and each of its
    patches takes the nearest kept cluster (:func:`count_consistent_labels`): a stray patch of a one-class region
-   joins that class; patches outside every region get no label and are not used;
+   joins that class; patches outside every region get no label and are not used; with ``refine.examples`` a few
+   labelled patches keep their class's cluster and name the clusters (:mod:`pathoucc.cluster.labelled`);
 3. the encoder and feature head are fine-tuned to predict these pseudo-labels (a linear classifier on the
    features, cross-entropy, Adam with a cosine schedule, ``refine.batch_size`` patches per step, the config's
    augmentations): :func:`refine_step`, run by the training loop (:mod:`pathoucc.training.loop`), so a round has
