@@ -219,6 +219,8 @@ def summarise(out_dir: Path) -> list[dict]:
     rows = []
     for path in sorted(out_dir.glob("named-slide-*.json")):
         r = json.loads(path.read_text())
+        if "summary" not in r:  # a partial record (a run stopped before it could be scored)
+            continue
         ref = r["unnamed"]["slides"]
         for n, s in r["summary"].items():
             rows.append({"cell": r["cell"], "run": r["run"], "per_class": int(n), "draws": r["draws_per_count"],
