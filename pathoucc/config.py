@@ -166,7 +166,9 @@ class RefineConfig(Section):
     to 0). The regions: those of tiles or feature files; for MNIST/IDX, the training instances dealt once into
     fixed bags drawn like the training's (``pathoucc.data.fixed_bags``). ``count_iters`` > 0: the clusters are
     fitted by at most that many rounds of count-constrained k-means (``pathoucc.cluster.counted``), re-seeding any
-    cluster left with under ``min_cluster_share`` of the patches; 0: plain k-means."""
+    cluster left with under ``min_cluster_share`` of the patches; 0: plain k-means. ``examples`` (off by default): a
+    labelled-examples file (QuPath GeoJSON / ``slide,x,y,class`` CSV) whose patches keep their class as fixed
+    pseudo-labels and name the clusters (:mod:`pathoucc.cluster.labelled`); ``example_classes``: its class names."""
 
     steps: int = Field(0, ge=0)
     rounds: int = Field(1, ge=1)
@@ -174,6 +176,16 @@ class RefineConfig(Section):
     batch_size: int = Field(256, ge=2)
     count_iters: int = Field(30, ge=0)
     min_cluster_share: float = Field(1e-3, ge=0, lt=1)
+    examples: str | None = None
+    example_classes: list[str] | None = Field(None, min_length=1)
+
+    @model_validator(mode="after")
+    def _examples_need_refining(self) -> RefineConfig:
+        if self.examples is None and self.example_classes is not None:
+            raise ValueError("refine.example_classes names the classes of refine.examples: give that file too")
+        if self.examples is not None and not self.steps:
+            raise ValueError("refine.examples labels patches of the refinement: set refine.steps > 0")
+        return self
 
 
 class Config(Section):
@@ -191,6 +203,8 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _sources_and_models(self) -> Config:
+        if self.refine.examples is not None and self.data.source != "tiles":
+            raise ValueError("refine.examples labels patches of tile files: it needs data.source tiles")
         if (self.data.source == "features") != (self.model.backbone == "mlp"):
             raise ValueError("data.source features and model.backbone mlp go together (feature vectors in, no "
                              f"image encoder); got source {self.data.source!r}, backbone {self.model.backbone!r}")

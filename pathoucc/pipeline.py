@@ -12,6 +12,8 @@ from typing import Any
 
 from pathoucc.cluster.evaluate import EvalResult, evaluate_run
 from pathoucc.cluster.kmeans import default_k
+from pathoucc.cluster.labelled import pool_examples
+from pathoucc.cluster.named import fit_with_examples
 from pathoucc.cluster.refine import refine_model
 from pathoucc.config import Config, apply_overrides, config_from_dict, load_config, parse_override, save_config
 from pathoucc.data.fixed_bags import with_fixed_bags
@@ -29,6 +31,7 @@ from pathoucc.run import (
     RESUMABLE,
     clear_weight_outputs,
     config_diff,
+    kmeans_path,
     load_checkpoint,
     load_run,
     save_model,
@@ -96,14 +99,25 @@ def refine_run(run_dir: str | Path, overrides: list[str] | None = None, device: 
         pool = load_pools(cfg.data, ("train",))["train"]
         if pool.region is None:  # MNIST/IDX: bags built from labels; the refinement needs fixed ones
             pool = with_fixed_bags(pool, cfg.bags.bag_size, cfg.bags.ucc_min, cfg.bags.ucc_max, cfg.seed)
+        k = cfg.eval.k or default_k(cfg)
+        examples = pool_examples(cfg, k, len(pool)) if cfg.refine.examples else None  # its errors before any change
         if world.main:
             # model.pt, k-means and refinement of earlier weights go; an interrupted refinement's state stays
             clear_weight_outputs(run_dir, keep=(MODEL_UCC, REFINE_CHECKPOINT, REFINE_LOG) if resume else (MODEL_UCC,))
             if overrides:
                 save_config(cfg, run_dir / CONFIG)
-        summary = refine_model(model.to(torch_device), cfg, pool, cfg.eval.k or default_k(cfg), torch_device,
-                               run_dir / REFINE_LOG, progress, checkpoint=ckpt, resume=resume, world=world)
+        summary = refine_model(model.to(torch_device), cfg, pool, k, torch_device, run_dir / REFINE_LOG, progress,
+                               checkpoint=ckpt, resume=resume, world=world,
+                               examples=None if examples is None else examples.clusters)
         if world.main:
+            if examples is not None:  # the run's k-means named by the same examples (the ``examples`` fit)
+                named = fit_with_examples(model, cfg, str(cfg.refine.examples), k, cfg.refine.example_classes,
+                                          batch_size=cfg.eval.batch_size, device=torch_device)
+                named.kmeans.save(kmeans_path(run_dir, k))
+                summary["examples"] = {"labelled_patches": int((examples.clusters >= 0).sum()),
+                                       "names": named.kmeans.cluster_names, "notes": examples.notes + named.notes}
+                for note in summary["examples"]["notes"]:
+                    log.warning("%s", note)
             write_json(run_dir / REFINE, summary)
             plot_refine_curves(run_dir / REFINE_LOG, run_dir / REFINE_CURVES)
             save_model(model, cfg, run_dir / MODEL)

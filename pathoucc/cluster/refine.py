@@ -10,7 +10,8 @@ right for about 9 patches in 10. The counts say more than the model used: a regi
    k-means joins);
 2. in each count-labelled region only the ``c`` clusters holding most of its patches are kept, and each of its
    patches takes the nearest kept cluster (:func:`count_consistent_labels`): a stray patch of a one-class region
-   joins that class; patches outside every region get no label and are not used;
+   joins that class; patches outside every region get no label and are not used; with ``refine.examples`` a few
+   labelled patches keep their class's cluster and name the clusters (:mod:`pathoucc.cluster.labelled`);
 3. the encoder and feature head are fine-tuned to predict these pseudo-labels (a linear classifier on the
    features, cross-entropy, Adam with a cosine schedule, ``refine.batch_size`` patches per step, the config's
    augmentations): :func:`refine_step`, run by the training loop (:mod:`pathoucc.training.loop`), so a round has
@@ -41,6 +42,7 @@ from torch import nn
 
 from pathoucc.cluster.counted import count_consistent_labels, fit_count_kmeans
 from pathoucc.cluster.features import extract_features, inference_dtype
+from pathoucc.cluster.labelled import fit_labelled_count_kmeans, labelled_pseudo_labels
 from pathoucc.cluster.metrics import clustering_accuracy
 from pathoucc.config import Config
 from pathoucc.data.augment import augment_images, build_augment, reseed_augment
@@ -62,13 +64,19 @@ log = logging.getLogger(__name__)
 RANK_STRIDE = 1_000_000  # rank r > 0 augments with seed + 1000 (round + 1) + RANK_STRIDE r
 
 
-def _cluster(model: UCCModel, pool: Pool, cfg: Config, k: int, index: np.ndarray,
-             device: torch.device) -> tuple[np.ndarray, dict[str, Any]]:
+def _cluster(model: UCCModel, pool: Pool, cfg: Config, k: int, index: np.ndarray, device: torch.device,
+             fixed: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Squared distances ``(len(index), k)`` of the patches ``index`` to the centres of the round's fit: k-means
     of their features, then ``refine.count_iters`` rounds of count-constrained k-means
-    (:func:`pathoucc.cluster.counted.fit_count_kmeans`); and that fit's summary."""
+    (:func:`pathoucc.cluster.counted.fit_count_kmeans`); with labelled patches (``fixed`` (len(index),) their
+    cluster, -1 elsewhere) constrained k-means and count-constrained rounds that keep them fixed
+    (:func:`pathoucc.cluster.labelled.fit_labelled_count_kmeans`); and that fit's summary."""
     features = extract_features(model, pool, cfg.eval.batch_size, device, index=index,
                                 dtype=inference_dtype(cfg, device))
+    if fixed is not None:
+        centres, info = fit_labelled_count_kmeans(features, pool.region[index], pool.region_count, fixed, k,
+                                                  cfg.seed, cfg.refine.count_iters)
+        return centres.distances(features), info
     centres, info = fit_count_kmeans(features, pool.region[index], pool.region_count, k, cfg.seed, cfg.eval.n_init,
                                      cfg.refine.count_iters, cfg.refine.min_cluster_share)
     return centres.distances(features), info
@@ -129,7 +137,7 @@ def _round_state(model: UCCModel, cfg: Config, k: int, rnd: int, device: torch.d
 def refine_model(model: UCCModel, cfg: Config, pool: Pool, k: int,
                  device: torch.device | str = "cpu", log_path: str | Path | None = None, progress: bool = False,
                  checkpoint: str | Path | None = None, resume: dict[str, Any] | None = None,
-                 world: World | None = None) -> dict[str, Any]:
+                 world: World | None = None, examples: np.ndarray | None = None) -> dict[str, Any]:
     """Fine-tune ``model`` in place for ``cfg.refine.rounds`` rounds of ``cfg.refine.steps`` steps on
     count-consistent pseudo-labels of ``pool``'s region patches (``pool.region`` / ``pool.region_count``).
 
@@ -138,6 +146,7 @@ def refine_model(model: UCCModel, cfg: Config, pool: Pool, k: int,
     loaded) continues where it stopped. Returns ``{"k", "steps", "rounds"}``, a summary per round (patches
     labelled, share changed by the counts, final loss, seconds; and, where ``pool.labels`` are known, the accuracy
     of k-means and of the pseudo-labels against them). Deterministic for a given ``cfg.seed`` on one machine.
+    ``examples`` (len(pool),) int64: labelled patches, the cluster each keeps (-1 = none; :mod:`.labelled`).
     """
     if pool.region is None or pool.region_count is None:
         raise PathouccError("refine needs count-labelled regions (tile files with regions/ucc)")
@@ -167,12 +176,16 @@ def refine_model(model: UCCModel, cfg: Config, pool: Pool, k: int,
             cluster_s = float(resume["cluster_seconds"])
         else:
             model.eval()
-            distances, fitted = _cluster(model, pool, cfg, k, index, device)
-            labels = count_consistent_labels(distances, pool.region[index], pool.region_count)
+            fixed = None if examples is None else examples[index]
+            distances, fitted = _cluster(model, pool, cfg, k, index, device, fixed)
+            labels = (count_consistent_labels(distances, pool.region[index], pool.region_count) if fixed is None
+                      else labelled_pseudo_labels(distances, pool.region[index], pool.region_count, fixed))
             nearest = distances.argmin(1)
             summary = {"round": rnd + 1, "patches": len(index), "changed_by_counts": float(np.mean(labels != nearest))}
-            if cfg.refine.count_iters:
-                summary["count_kmeans"] = fitted
+            if cfg.refine.count_iters or fixed is not None:
+                summary["count_kmeans" if fixed is None else "labelled_kmeans"] = fitted
+            if fixed is not None:  # how many labelled patches the features already put nearest their class
+                summary["labelled_nearest_own"] = float(np.mean(nearest[fixed >= 0] == fixed[fixed >= 0]))
             if known.any():
                 truth = pool.labels[index][known]
                 summary |= {"kmeans_accuracy": clustering_accuracy(truth, nearest[known]),
