@@ -4,7 +4,6 @@ names saved with the k-means; and MNIST/IDX-style evaluation named by a few labe
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -48,15 +47,13 @@ def test_without_examples_it_is_lloyds_fixed_point_of_sklearn() -> None:
     assert fit.inertia == pytest.approx(ref.inertia_ / len(x), rel=1e-4)
 
 
-def test_deterministic_for_a_seed_and_vectorised_for_many_rows() -> None:
-    x, y = blobs(200_000, seed=2)
+def test_deterministic_for_a_seed_on_many_rows() -> None:
+    """Many rows (assigned in chunks), the same seed twice: the same centres (speed: tools/ benchmarks)."""
+    x, y = blobs(70_000, seed=2)  # more than one CHUNK of rows
     lab_rows = np.concatenate([np.flatnonzero(y == c)[:5] for c in range(3)])
-    start = time.perf_counter()
     a = constrained_kmeans(x, x[lab_rows], y[lab_rows], k=4, seed=3)
-    seconds = time.perf_counter() - start
     b = constrained_kmeans(x, x[lab_rows], y[lab_rows], k=4, seed=3)
     np.testing.assert_array_equal(a.centers, b.centers)
-    assert seconds < 20, seconds
     assert np.mean(a.assignment[y == 0] == 0) > 0.9  # class 0's blob stays with centre 0 (the 4th splits one)
 
 
