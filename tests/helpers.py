@@ -155,3 +155,13 @@ def tiny_digit_config(tiles, cell: int, steps: int, batch_size: int = 128) -> di
         "train": {"steps": steps, "val_every": 100, "checkpoint_every": 100, "log_every": 100, "val_bags": 4},
         "eval": {"n_init": 2, "batch_size": batch_size},
     }
+
+
+def tiny_cohort_recipe(cell: int) -> dict:
+    """The recipe of a tiny intermixed cohort cell of ``cell``-px patches (for ``make_cohort.Cell.recipe``): two
+    16 × 16-cell training slides, 10 × 10-cell validation and test slides, regions of ~5 cells a side."""
+    spec = {"layout": "intermixed", "cell": cell, "region_cells": 5.0, "min_region_patches": 6, "blob_cells": 8.0,
+            "source": "digits"}
+    return {"cell": {}, "slides": [{"name": n, "split": "train", "seed": s, "grid": g, **spec}
+                                   for n, s, g in (("train0", 1, 16), ("train1", 11, 16), ("val", 3, 10),
+                                                   ("test", 2, 10))]}

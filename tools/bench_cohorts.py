@@ -108,7 +108,7 @@ def run_cell(cell: Cell, args: argparse.Namespace) -> dict:
         timings = json.loads((run / "timings.json").read_text()) if (run / "timings.json").exists() else timings
         _same_but_refine(load_config(run / "config.yaml"), cfg, run)
         start = time.perf_counter()
-        refine_run(run, [f"refine.{key}={value}" for key, value in cfg.to_dict()["refine"].items()],
+        refine_run(run, [f"refine.{key}={json.dumps(value)}" for key, value in cfg.to_dict()["refine"].items()],
                    progress=sys.stderr.isatty())
         timings["refine_again_s"] = time.perf_counter() - start
         (run / "timings.json").write_text(json.dumps(timings) + "\n")

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 import shapely
+from helpers import tiny_cohort_recipe
 from PIL import Image
 from slide_fixtures import ROOT
 
@@ -107,11 +108,7 @@ def test_bench_cohorts_scores_every_slide_of_a_cell(tmp_path, monkeypatch):
     from bench_cohorts import run_cell
 
     cell = Cell("intermixed", 90, 200, CELL)
-    spec = {"layout": "intermixed", "cell": CELL, "region_cells": 5.0, "min_region_patches": 6, "blob_cells": 8.0,
-            "source": "digits"}
-    recipe = {"cell": {}, "slides": [{"name": n, "split": "train", "seed": s, "grid": g, **spec}
-                                     for n, s, g in (("train0", 1, 16), ("train1", 11, 16), ("val", 3, 10),
-                                                     ("test", 2, 10))]}
+    recipe = tiny_cohort_recipe(CELL)
     monkeypatch.setattr(Cell, "recipe", lambda self: recipe)
     cfg = yaml.safe_load((ROOT / "configs" / "digit-slide.yaml").read_text())
     cfg["train"].update(steps=6, val_every=3, checkpoint_every=3)

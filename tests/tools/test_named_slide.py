@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import yaml
+from helpers import tiny_cohort_recipe
 from PIL import Image
 from slide_fixtures import ROOT
 
@@ -35,11 +36,7 @@ def test_named_slide_bench_on_a_tiny_trained_cell(tmp_path, monkeypatch):
     from pathoucc.training.train import train_ucc
 
     cell = Cell("intermixed", 90, 200, CELL)
-    spec = {"layout": "intermixed", "cell": CELL, "region_cells": 5.0, "min_region_patches": 6, "blob_cells": 8.0,
-            "source": "digits"}
-    recipe = {"cell": {}, "slides": [{"name": n, "split": "train", "seed": s, "grid": g, **spec}
-                                     for n, s, g in (("train0", 1, 16), ("train1", 11, 16), ("val", 3, 10),
-                                                     ("test", 2, 10))]}
+    recipe = tiny_cohort_recipe(CELL)
     monkeypatch.setattr(Cell, "recipe", lambda self: recipe)
     built = build_cell(cell, tmp_path / "work")
     raw = yaml.safe_load((ROOT / "configs" / "digit-slide.yaml").read_text())
