@@ -168,7 +168,8 @@ class RefineConfig(Section):
     fitted by at most that many rounds of count-constrained k-means (``pathoucc.cluster.counted``), re-seeding any
     cluster left with under ``min_cluster_share`` of the patches; 0: plain k-means. ``examples`` (off by default): a
     labelled-examples file (QuPath GeoJSON / ``slide,x,y,class`` CSV) whose patches keep their class as fixed
-    pseudo-labels and name the clusters (:mod:`pathoucc.cluster.labelled`); ``example_classes``: its class names."""
+    pseudo-labels and name the clusters (:mod:`pathoucc.cluster.labelled`; measured worse than naming the refined
+    run afterwards, docs/benchmarks.md); ``example_classes``: its class names."""
 
     steps: int = Field(0, ge=0)
     rounds: int = Field(1, ge=1)
