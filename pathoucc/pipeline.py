@@ -13,7 +13,7 @@ from typing import Any
 from pathoucc.cluster.evaluate import EvalResult, evaluate_run
 from pathoucc.cluster.kmeans import default_k
 from pathoucc.cluster.labelled import pool_examples
-from pathoucc.cluster.named import fit_with_examples
+from pathoucc.cluster.named import NamedFit, fit_with_examples, locate_examples, named_cluster_run
 from pathoucc.cluster.refine import refine_model
 from pathoucc.config import Config, apply_overrides, config_from_dict, load_config, parse_override, save_config
 from pathoucc.data.fixed_bags import with_fixed_bags
@@ -56,24 +56,43 @@ class TrainReport:
         ``pseudo_label_accuracy``), or None without ``refine.steps``.
     scores : the held-out scores of ``eval.split`` (:class:`~pathoucc.cluster.evaluate.EvalResult`, as in
         ``metrics.json``: with patch labels accuracy, NMI, ARI; without, cluster sizes and count-consistency).
+    named : with labelled examples, the run's named k-means (``kmeans-k{K}.npz``, what ``pathoucc segment``
+        uses) and its notes; else None.
 
-    Under torchrun, ``refine`` and ``scores`` are None on the ranks other than 0 (rank 0 reports for the job).
+    Under torchrun, ``refine``, ``scores`` and ``named`` are None on the ranks other than 0 (rank 0 reports
+    for the job).
     """
 
     run_dir: Path
     refine: dict[str, Any] | None
     scores: EvalResult | None
+    named: NamedFit | None = None
 
 
-def train_run(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = False) -> TrainReport:
+def train_run(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = False,
+              examples: str | Path | None = None, classes: list[str] | None = None) -> TrainReport:
     """Train ``cfg`` into ``run_dir`` (continuing its checkpoint with ``resume``), refine it when ``refine.steps``
     > 0 (an interrupted refinement continues; a finished one runs again from ``model-ucc.pt``), and score it on
-    ``cfg.eval.split`` with the device of ``train.device``."""
+    ``cfg.eval.split`` with the device of ``train.device``.
+
+    ``examples`` (a QuPath GeoJSON / ``slide,x,y,class`` CSV of labelled patches of the training slides;
+    ``classes``: the names allowed) names the clusters: checked against the training tiles before training, then
+    the run's k-means is fitted with them (``pathoucc cluster --examples``). They never enter the training.
+    """
+    if examples is not None:
+        if cfg.data.source != "tiles":
+            raise PathouccError("--examples labels patches of tile files; MNIST/IDX runs name their clusters "
+                                "with data.labelled_fraction or data.labels_per_class", examples)
+        locate_examples(cfg, examples, classes, k=cfg.eval.k)  # a bad file fails before the training
     with joined(cfg.train.device) as world:  # under torchrun: one process group for training and refinement
         run_dir = train_ucc(cfg, run_dir, resume=resume, progress=progress)
         refined = refine_run(run_dir, device=cfg.train.device, progress=progress) if cfg.refine.steps else None
         scores = evaluate_run(run_dir, device=select_device(cfg.train.device)) if world.main else None
-    return TrainReport(run_dir, refined if world.main else None, scores)
+        named = None
+        if examples is not None and world.main:
+            named, _ = named_cluster_run(run_dir, examples, cfg.eval.k, classes, device=cfg.train.device,
+                                         progress=progress)
+    return TrainReport(run_dir, refined if world.main else None, scores, named)
 
 
 def refine_run(run_dir: str | Path, overrides: list[str] | None = None, device: str | None = None,

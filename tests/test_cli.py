@@ -34,6 +34,16 @@ def test_train_and_evaluate_via_cli(monkeypatch, capsys, tmp_path: Path, tiny_ya
     assert code == 0 and json.loads((tmp_path / "raw.json").read_text())["method"] == "kmeans-raw-pixels"
 
 
+def test_train_refuses_slide_examples_on_built_bags(monkeypatch, capsys, tmp_path: Path, tiny_yaml: Path) -> None:
+    examples = tmp_path / "examples.csv"
+    examples.write_text("slide,x,y,class\ns,1,1,a\n")
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tiny_yaml), "--out", str(tmp_path / "run"),
+                           "--examples", str(examples))
+    assert code == 2
+    one_line_error(err, "examples.csv", "--examples labels patches of tile files", "data.labelled_fraction")
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "needles"),
     [

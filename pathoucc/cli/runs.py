@@ -31,16 +31,26 @@ def train(
     out: Annotated[Path | None, typer.Option("--out", help="Run folder (default runs/<config name>)")] = None,
     set_: Overrides = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue from the run folder's last checkpoint")] = False,
+    examples: Examples = None,
+    classes: Classes = None,
 ) -> None:
-    """Train a UCC model on bags (then refine it, with refine.steps), then evaluate its clustering."""
+    """Train a UCC model on bags (then refine it, with refine.steps), then evaluate its clustering; with
+    --examples, name the run's clusters (checked before training; never trained on)."""
     from pathoucc.pipeline import train_run
+    from pathoucc.run import kmeans_path
 
     cfg = load_config(config, set_ or [])
-    report = train_run(cfg, out or Path("runs") / config.stem, resume=resume, progress=sys.stderr.isatty())
+    report = train_run(cfg, out or Path("runs") / config.stem, resume=resume, progress=sys.stderr.isatty(),
+                       examples=examples, classes=_classes(classes))
     if report.refine is not None:
         print_refined(report.refine, report.run_dir)
     if report.scores is not None:  # under torchrun only rank 0 scores the run
         print_scores({f"{cfg.name} ({report.scores['split']})": report.scores})
+    if report.named is not None:
+        for note in report.named.notes:
+            typer.echo(f"note: {note}", err=True)
+        cm = report.named.kmeans
+        typer.echo(f"k-means with k={cm.k} named {', '.join(cm.cluster_names)} -> {kmeans_path(report.run_dir, cm.k)}")
 
 
 @app.command()

@@ -10,6 +10,10 @@ that; :func:`fit_count_kmeans` goes further and lets the counts move the centres
    two — is re-seeded by splitting the cluster with the largest squared error (two-means of its patches): a
    cluster that holds two classes is the one whose split the counts then keep.
 
+From the refinement's second round on, the rounds also start from the last round's pseudo-labels (the features
+were just trained on them; a fresh k-means may cut them along another direction) and the start with the lower
+count-consistent cost is kept.
+
 Plain k-means on weak features may join two classes and split a third; the counts of the regions that hold only
 one of the joined classes pull them apart. On the hardest digit-slide cohort cell this raised the first round's
 pseudo-labels from 0.73 / 0.52 (two seeds) to 0.90 / 0.90 of the region patches right (docs/benchmarks.md).
@@ -62,25 +66,17 @@ def count_consistent_labels(distances: np.ndarray, region: np.ndarray, region_co
     return out
 
 
-def fit_count_kmeans(features: np.ndarray, region: np.ndarray, region_count: np.ndarray, k: int, seed: int = 0,
-                     n_init: int = 10, max_iter: int = 30, min_share: float = 1e-3) -> tuple[ClusterModel, dict]:
-    """Count-constrained k-means of the region patches' ``features`` ``(N, J)``.
+def _count_cost(centres: np.ndarray, features: np.ndarray, region: np.ndarray, region_count: np.ndarray) -> float:
+    """Mean squared distance of the rows to their count-consistent centre: what the count fit lowers."""
+    distances = ClusterModel(centres).distances(features)
+    labels = count_consistent_labels(distances, region, region_count)
+    return float(distances[np.arange(len(labels)), labels].mean())
 
-    region : (N,) int64 region of each row, all >= 0; region_count : (R,) count of each region.
-    Starts from k-means (``n_init`` restarts on at most MAX_FIT_PATCHES rows, seeded), then runs at most
-    ``max_iter`` rounds of count-consistent assignment and centre update (``max_iter`` 0: the k-means alone); a
-    cluster holding fewer than ``max(1, min_share * N)`` rows after a round is re-seeded from the cluster with the
-    largest squared error. Stops when the assignment no longer changes. Returns the centres and
-    ``{"iterations", "reseeded", "changed"}`` (rounds run, clusters re-seeded, share of rows whose count-consistent
-    label differs from the first round's). Deterministic for a given ``seed``.
-    """
-    features = np.asarray(features, np.float32)
-    region = np.asarray(region, np.int64)
-    if len(region) != len(features) or (len(region) and region.min() < 0):
-        raise ValueError(f"need one region >= 0 per feature row: {region.shape} for {features.shape}")
-    fit = subsample(len(features), MAX_FIT_PATCHES, seed)
-    centres = fit_kmeans(features[fit], k, seed, n_init).cluster_centers_.astype(np.float32)
-    floor = max(1, int(min_share * len(features)))
+
+def _count_rounds(centres: np.ndarray, features: np.ndarray, region: np.ndarray, region_count: np.ndarray,
+                  seed: int, max_iter: int, floor: int) -> tuple[np.ndarray, dict]:
+    """The count-constrained rounds of :func:`fit_count_kmeans` from ``centres`` (K, J), updated in place."""
+    k = len(centres)
     first = previous = None
     reseeded = iterations = 0
     for iterations in range(1, max_iter + 1):
@@ -105,5 +101,51 @@ def fit_count_kmeans(features: np.ndarray, region: np.ndarray, region_count: np.
             split |= {big, j}
             reseeded += 1
     changed = float(np.mean(previous != first)) if previous is not None else 0.0
-    log.debug("count k-means: %d rounds, %d re-seeded, %.3f changed", iterations, reseeded, changed)
-    return ClusterModel(centres, seed=seed), {"iterations": iterations, "reseeded": reseeded, "changed": changed}
+    return centres, {"iterations": iterations, "reseeded": reseeded, "changed": changed}
+
+
+def fit_count_kmeans(features: np.ndarray, region: np.ndarray, region_count: np.ndarray, k: int, seed: int = 0,
+                     n_init: int = 10, max_iter: int = 30, min_share: float = 1e-3,
+                     previous: np.ndarray | None = None) -> tuple[ClusterModel, dict]:
+    """Count-constrained k-means of the region patches' ``features`` ``(N, J)``.
+
+    region : (N,) int64 region of each row, all >= 0; region_count : (R,) count of each region.
+    Starts from k-means (``n_init`` restarts on at most MAX_FIT_PATCHES rows, seeded), then runs at most
+    ``max_iter`` rounds of count-consistent assignment and centre update (``max_iter`` 0: the k-means alone); a
+    cluster holding fewer than ``max(1, min_share * N)`` rows after a round is re-seeded from the cluster with the
+    largest squared error. Stops when the assignment no longer changes.
+
+    previous : (N,) int64 labels of an earlier fit (0..k-1; the refinement's last round): the rounds are also
+    run from the centres these labels give the new features, and the start whose result has the lower
+    count-consistent cost (mean squared distance to the assigned centre; fresh on a tie) is kept — a refinement
+    round trained the features on those labels, and a fresh k-means may cut them along another direction.
+
+    Returns the centres and ``{"iterations", "reseeded", "changed"}`` (rounds run, clusters re-seeded, share of
+    rows whose count-consistent label differs from the first round's; with ``previous`` also ``"start"``, fresh
+    or previous, and both ``"costs"``). Deterministic for a given ``seed``.
+    """
+    features = np.asarray(features, np.float32)
+    region = np.asarray(region, np.int64)
+    if len(region) != len(features) or (len(region) and region.min() < 0):
+        raise ValueError(f"need one region >= 0 per feature row: {region.shape} for {features.shape}")
+    fit = subsample(len(features), MAX_FIT_PATCHES, seed)
+    floor = max(1, int(min_share * len(features)))
+    centres = fit_kmeans(features[fit], k, seed, n_init).cluster_centers_.astype(np.float32)
+    centres, info = _count_rounds(centres, features, region, region_count, seed, max_iter, floor)
+    if previous is not None:
+        previous = np.asarray(previous, np.int64)
+        if previous.shape != region.shape or previous.min(initial=0) < 0 or previous.max(initial=0) >= k:
+            raise ValueError(f"previous labels {previous.shape} must be (N,) in 0..{k - 1}")
+        sizes = np.bincount(previous, minlength=k)
+        start = np.zeros_like(centres)
+        np.add.at(start, previous, features)
+        start[sizes > 0] /= sizes[sizes > 0, None]
+        start[sizes == 0] = centres[sizes == 0]  # an empty label keeps the fresh centre (re-seeded if need be)
+        warm, warm_info = _count_rounds(start, features, region, region_count, seed, max_iter, floor)
+        costs = {"fresh": _count_cost(centres, features, region, region_count),
+                 "previous": _count_cost(warm, features, region, region_count)}
+        if costs["previous"] < costs["fresh"]:
+            centres, info = warm, warm_info
+        info = info | {"start": "previous" if centres is warm else "fresh", "costs": costs}
+    log.debug("count k-means: %s", info)
+    return ClusterModel(centres, seed=seed), info

@@ -29,7 +29,7 @@ from pathoucc.run import kmeans_path, load_run
 from pathoucc.slides.annotations.examples import class_list, label_examples, read_examples
 from pathoucc.slides.tilefile import open_tiles
 
-__all__ = ["NamedFit", "fit_with_examples", "named_cluster_run"]
+__all__ = ["LocatedExamples", "NamedFit", "fit_with_examples", "locate_examples", "named_cluster_run"]
 
 
 @dataclass
@@ -52,14 +52,24 @@ def _named_k(cfg: Config, k: int | None, classes: list[str], fit_tiles: list[str
         return max(len(classes), 2)
 
 
-def fit_with_examples(model: torch.nn.Module, cfg: Config, examples_path: str | Path, k: int | None = None,
-                      classes: list[str] | None = None, tile_paths: list[str | Path] | None = None,
-                      fit_tiles: list[str | Path] | None = None, batch_size: int = 256,
-                      device: torch.device | str = "cpu", progress: bool = False, amp: bool | None = None,
-                      slide_dir: str | Path | None = None) -> NamedFit:
-    """The ``examples`` fit (see the module docstring). ``tile_paths``: more tile files to find examples in (the
-    slides being segmented); ``fit_tiles``: the unlabelled training patches (default: the run's training data);
-    ``classes``: the class names allowed (default: those of the examples, in order of appearance)."""
+@dataclass
+class LocatedExamples:
+    """Where a labelled-examples file's patches are: per tile file (``labels[str(resolved path)]`` (N,) int64, the
+    index of the patch's class in ``names``, -1 = not an example), the training tile files among them, the notes."""
+
+    path: Path
+    names: list[str]
+    labels: dict[str, np.ndarray]
+    training: set[str]
+    notes: list[str]
+
+
+def locate_examples(cfg: Config, examples_path: str | Path, classes: list[str] | None = None,
+                    tile_paths: list[str | Path] | None = None, fit_tiles: list[str | Path] | None = None,
+                    slide_dir: str | Path | None = None, k: int | None = None) -> LocatedExamples:
+    """Read ``examples_path`` and find the patches it labels in the training tile files (``fit_tiles`` or the
+    run's) and ``tile_paths``; no model is needed, so a run checks its examples before it trains. The errors of
+    the module docstring (``k``: the clusters to fit, default as :func:`fit_with_examples`) are raised here."""
     examples_path = Path(examples_path)
     training = [str(p) for p in (fit_tiles or (cfg.data.train_tiles if cfg.data.source == "tiles" else []))]
     files = list(dict.fromkeys(str(Path(p).resolve()) for p in [*training, *(tile_paths or [])]))
@@ -73,34 +83,50 @@ def fit_with_examples(model: torch.nn.Module, cfg: Config, examples_path: str | 
             stems.append(Path(tiles.slide_path).stem)
     examples = read_examples(examples_path, stems)
     names = class_list(examples, classes, examples_path)
-    dtype = inference_dtype(cfg, device, amp)
     found: dict[str, np.ndarray] = {}
     notes: list[str] = []
-    features, labels, where = [], [], []
-    trained = {str(Path(p).resolve()) for p in training}
     for path in files:
         with open_tiles(path, slide_dir) as tiles:
             lab = label_examples(examples, names, tiles.coords, tiles.patch_size * tiles.downsample,
                                  tiles.slide_path, examples_path)
-            notes += lab.notes
-            rows = np.flatnonzero(lab.labels >= 0)
-            if rows.size:
-                features.append(extract_features(model, tiles, batch_size, device, rows, dtype))
-                labels.append(lab.labels[rows])
-                where += [path in trained] * len(rows)
-            found[path] = lab.labels
-    if not labels:
+        notes += lab.notes
+        found[path] = lab.labels
+    present = np.unique(np.concatenate([lab[lab >= 0] for lab in found.values()]))
+    if not present.size:
         raise PathouccError(f"none of the {len(examples)} labelled examples lies on a tissue patch of the "
                             f"{len(files)} tile file(s) (coordinates are level-0 pixels of the slide)", examples_path)
+    if len(present) > (k := _named_k(cfg, k, names, fit_tiles)):
+        raise PathouccError(f"{len(present)} named classes have examples but k={k}: each needs its "
+                            "own cluster; raise --k or drop classes", examples_path)
+    return LocatedExamples(examples_path, names, found, {str(Path(p).resolve()) for p in training}, notes)
+
+
+def fit_with_examples(model: torch.nn.Module, cfg: Config, examples_path: str | Path, k: int | None = None,
+                      classes: list[str] | None = None, tile_paths: list[str | Path] | None = None,
+                      fit_tiles: list[str | Path] | None = None, batch_size: int = 256,
+                      device: torch.device | str = "cpu", progress: bool = False, amp: bool | None = None,
+                      slide_dir: str | Path | None = None) -> NamedFit:
+    """The ``examples`` fit (see the module docstring). ``tile_paths``: more tile files to find examples in (the
+    slides being segmented); ``fit_tiles``: the unlabelled training patches (default: the run's training data);
+    ``classes``: the class names allowed (default: those of the examples, in order of appearance)."""
+    slide_dir = slide_dir if slide_dir is not None else cfg.data.slide_dir
+    located = locate_examples(cfg, examples_path, classes, tile_paths, fit_tiles, slide_dir, k)
+    examples_path, names, found, notes = located.path, located.names, located.labels, list(located.notes)
+    dtype = inference_dtype(cfg, device, amp)
+    features, labels, where = [], [], []
+    for path, lab in found.items():
+        rows = np.flatnonzero(lab >= 0)
+        if rows.size:
+            with open_tiles(path, slide_dir) as tiles:
+                features.append(extract_features(model, tiles, batch_size, device, rows, dtype))
+            labels.append(lab[rows])
+            where += [path in located.training] * len(rows)
     all_labels, in_training = np.concatenate(labels), np.asarray(where)
     for c in np.unique(all_labels).tolist():
-        if training and not in_training[all_labels == c].any():
+        if located.training and not in_training[all_labels == c].any():
             notes.append(f"{examples_path.name}: class {names[c]!r} has examples only on slides outside the "
                          "training tiles; its centre starts from them (they are still not scored)")
     k = _named_k(cfg, k, names, fit_tiles)
-    if len(np.unique(all_labels)) > k:
-        raise PathouccError(f"{len(np.unique(all_labels))} named classes have examples but k={k}: each needs its "
-                            "own cluster; raise --k or drop classes", examples_path)
     unlabelled, source = train_features(model, cfg, fit_tiles, batch_size, device, progress, amp=amp)
     source = f"{source} + {len(all_labels)} labelled example patches ({examples_path})"
     cm, more = named_cluster_model(unlabelled, np.concatenate(features), all_labels, names, k, cfg.seed, source)

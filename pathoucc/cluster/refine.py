@@ -7,7 +7,8 @@ right for about 9 patches in 10. The counts say more than the model used: a regi
 1. the features of every training patch are clustered (k-means, ``k`` = ``eval.k`` or the training classes),
    and with ``refine.count_iters`` > 0 (the default) the centres are then moved by the counts
    (count-constrained k-means, :func:`pathoucc.cluster.counted.fit_count_kmeans`: it splits classes that plain
-   k-means joins);
+   k-means joins; from the second round on, the fit also starts from the last round's pseudo-labels and keeps the
+   start of lower count-consistent cost);
 2. in each count-labelled region only the ``c`` clusters holding most of its patches are kept, and each of its
    patches takes the nearest kept cluster (:func:`count_consistent_labels`): a stray patch of a one-class region
    joins that class; patches outside every region get no label and are not used; with ``refine.examples`` a few
@@ -65,11 +66,12 @@ RANK_STRIDE = 1_000_000  # rank r > 0 augments with seed + 1000 (round + 1) + RA
 
 
 def _cluster(model: UCCModel, pool: Pool, cfg: Config, k: int, index: np.ndarray, device: torch.device,
-             fixed: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+             fixed: np.ndarray | None = None, previous: np.ndarray | None = None) -> tuple[np.ndarray, dict[str, Any]]:
     """Squared distances ``(len(index), k)`` of the patches ``index`` to the centres of the round's fit: k-means
     of their features, then ``refine.count_iters`` rounds of count-constrained k-means
-    (:func:`pathoucc.cluster.counted.fit_count_kmeans`); with labelled patches (``fixed`` (len(index),) their
-    cluster, -1 elsewhere) constrained k-means and count-constrained rounds that keep them fixed
+    (:func:`pathoucc.cluster.counted.fit_count_kmeans`; also started from ``previous``, the last round's
+    pseudo-labels, keeping the start of lower count-consistent cost); with labelled patches (``fixed``
+    (len(index),) their cluster, -1 elsewhere) constrained k-means and count-constrained rounds that keep them fixed
     (:func:`pathoucc.cluster.labelled.fit_labelled_count_kmeans`); and that fit's summary."""
     features = extract_features(model, pool, cfg.eval.batch_size, device, index=index,
                                 dtype=inference_dtype(cfg, device))
@@ -78,7 +80,8 @@ def _cluster(model: UCCModel, pool: Pool, cfg: Config, k: int, index: np.ndarray
                                                   cfg.seed, cfg.refine.count_iters)
         return centres.distances(features), info
     centres, info = fit_count_kmeans(features, pool.region[index], pool.region_count, k, cfg.seed, cfg.eval.n_init,
-                                     cfg.refine.count_iters, cfg.refine.min_cluster_share)
+                                     cfg.refine.count_iters, cfg.refine.min_cluster_share,
+                                     previous if cfg.refine.count_iters else None)
     return centres.distances(features), info
 
 
@@ -161,9 +164,10 @@ def refine_model(model: UCCModel, cfg: Config, pool: Pool, k: int,
     augment = build_augment(cfg.data.augment, cfg.seed)
     known = pool.labels[index] >= 0
     rounds: list[dict[str, Any]] = json.loads(resume["rounds"]) if resume is not None else []
+    labels: np.ndarray | None = None  # the last round's pseudo-labels: a start of the next round's fit
     if resume is not None and len(rounds) == int(resume["round"]):  # stopped between rounds
         model.load_state_dict(resume["model"])
-        resume = None
+        labels, resume = resume["labels"].numpy(), None
     if log_path is not None and world.main:
         if rounds or resume is not None:
             truncate_log(log_path, int(resume["step"]) if resume else cfg.refine.steps, len(rounds) + bool(resume))
@@ -177,7 +181,7 @@ def refine_model(model: UCCModel, cfg: Config, pool: Pool, k: int,
         else:
             model.eval()
             fixed = None if examples is None else examples[index]
-            distances, fitted = _cluster(model, pool, cfg, k, index, device, fixed)
+            distances, fitted = _cluster(model, pool, cfg, k, index, device, fixed, labels)
             labels = (count_consistent_labels(distances, pool.region[index], pool.region_count) if fixed is None
                       else labelled_pseudo_labels(distances, pool.region[index], pool.region_count, fixed))
             nearest = distances.argmin(1)

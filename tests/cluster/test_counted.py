@@ -61,3 +61,42 @@ def test_rows_must_lie_in_regions():
     region[0] = -1
     with pytest.raises(ValueError, match="one region >= 0 per feature row"):
         fit_count_kmeans(x, region, count, 6)
+
+
+def _styled(seed: int, regions: int = 80, per: int = 40, single: float = 0.5, style: float = 1.0):
+    """Two classes 1.2 apart along x, each drawn in two styles ``2 * style`` apart along y: k-means cuts by
+    style; the regions holding one class (a share ``single`` of them) say the class cut is the right one."""
+    rng = np.random.default_rng(seed)
+    x, y, region, count = [], [], [], []
+    for r in range(regions):
+        c = 1 if rng.random() < single else 2
+        classes = rng.choice(2, c, replace=False)
+        labels = np.concatenate([classes, rng.choice(classes, per - c)])
+        points = np.stack([np.where(labels == 0, -0.6, 0.6), rng.choice([-style, style], per)], 1)
+        x.append(points + rng.normal(size=(per, 2)) * 0.2)
+        y.append(labels), region.append(np.full(per, r)), count.append(c)
+    return np.concatenate(x).astype(np.float32), np.concatenate(y), np.concatenate(region), np.array(count)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_previous_rounds_labels_are_kept_when_the_counts_prefer_them(seed):
+    x, y, region, count = _styled(seed)
+    fresh, _ = fit_count_kmeans(x, region, count, 2, seed=0, n_init=1)
+    assert clustering_accuracy(y, fresh.distances(x).argmin(1)) < 0.55  # stuck on the style cut
+    # the previous labels: the class cut with a tenth of the rows wrong, as a refinement round leaves them
+    noisy = np.where(np.random.default_rng(seed).random(len(y)) < 0.1, 1 - y, y)
+    kept, info = fit_count_kmeans(x, region, count, 2, seed=0, n_init=1, previous=noisy)
+    assert clustering_accuracy(y, kept.distances(x).argmin(1)) > 0.99
+    assert info["start"] == "previous" and info["costs"]["previous"] < info["costs"]["fresh"]
+
+
+def test_worse_previous_labels_are_dropped():
+    x, y, region, count = _cohort(27)
+    fresh, plain_info = fit_count_kmeans(x, region, count, 6, seed=0, n_init=1)
+    shuffled = np.random.default_rng(0).integers(0, 6, len(y))  # labels unrelated to the features
+    kept, info = fit_count_kmeans(x, region, count, 6, seed=0, n_init=1, previous=shuffled)
+    assert info["start"] == "fresh" and info["costs"]["fresh"] <= info["costs"]["previous"]
+    np.testing.assert_array_equal(kept.centers, fresh.centers)
+    assert {k: info[k] for k in plain_info} == plain_info
+    with pytest.raises(ValueError, match="previous labels"):
+        fit_count_kmeans(x, region, count, 6, previous=shuffled[:-1])

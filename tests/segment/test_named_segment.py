@@ -11,6 +11,8 @@ import uuid
 import h5py
 import numpy as np
 import pytest
+import torch
+import yaml
 from helpers import one_line_error, run_cli, tiny_digit_config
 from slide_fixtures import CELL, cell_class
 
@@ -172,3 +174,36 @@ def test_examples_off_the_tissue_are_counted_skips(monkeypatch, capsys, named_ru
                            "--out", str(tmp_path / "out"), "--examples", str(path))
     assert code == 0, err
     assert "the point lies in no tissue patch; skipped" in err and "1 example(s) on digits.tif" in err
+
+
+def _train_yaml(named_run, tmp_path):
+    path = tmp_path / "digits.yaml"
+    path.write_text(yaml.safe_dump(tiny_digit_config(named_run["tiles"], CELL, steps=4)))
+    return path
+
+
+def test_train_with_examples_names_the_runs_clusters(monkeypatch, capsys, named_run, tmp_path) -> None:
+    run = tmp_path / "run"
+    code, out, err = run_cli(monkeypatch, capsys, "train", str(_train_yaml(named_run, tmp_path)), "--out", str(run),
+                             "--examples", str(named_run["examples"]))
+    assert code == 0, err
+    classes = [str(c) for c in sorted(named_run["rows"])]
+    k = len(classes)
+    assert f"k-means with k={k} named {', '.join(classes)} -> {run / f'kmeans-k{k}.npz'}" in out
+    cm = ClusterModel.load(run / f"kmeans-k{k}.npz")  # what `pathoucc segment` uses: names without --examples
+    assert cm.names == classes and cm.fit.value == "examples"
+    plain = config_from_dict(tiny_digit_config(named_run["tiles"], CELL, steps=4))
+    train_ucc(plain, tmp_path / "plain", progress=False)  # the examples never enter the training
+    weights = [torch.load(r / "model.pt", weights_only=True)["model"] for r in (run, tmp_path / "plain")]
+    for name, value in weights[0].items():
+        torch.testing.assert_close(value, weights[1][name], rtol=0, atol=0)
+
+
+def test_train_checks_its_examples_before_training(monkeypatch, capsys, named_run, tmp_path) -> None:
+    path = tmp_path / "bad.csv"
+    path.write_text("slide,x,y,class\ndigits,300,300,tumour\n")
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(_train_yaml(named_run, tmp_path)), "--out",
+                           str(tmp_path / "run"), "--examples", str(path), "--classes", "0,1")
+    assert code == 2
+    one_line_error(err, "bad.csv", "class 'tumour' is not one of the given classes")
+    assert not (tmp_path / "run").exists()  # nothing trained
