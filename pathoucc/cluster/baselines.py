@@ -1,7 +1,7 @@
 """The label-free baselines that need training: IIC (:mod:`pathoucc.training.iic`) scored on a held-out split.
 
-The clusters are the IIC head's argmax (no k-means); they are scored as every other method is
-(:func:`~pathoucc.cluster.metrics.clustering_scores`: Hungarian-matched accuracy, NMI, ARI).
+The clusters are the argmax of the IIC sub-head kept by its training loss (no k-means); they are scored as
+every other method is (:func:`~pathoucc.cluster.metrics.clustering_scores`: Hungarian-matched accuracy, NMI, ARI).
 """
 
 from __future__ import annotations
@@ -49,4 +49,6 @@ def evaluate_iic(cfg: Config, split: str = "test", k: int | None = None, batch_s
     if known.any():
         result |= clustering_scores(labels[known], clusters[known])
     result["seconds"] = round(time.perf_counter() - start, 2)
-    return result | {"steps": int(last.get("step", 0)), "train_seconds": float(last.get("elapsed_s", 0.0))}
+    return result | {"steps": int(last.get("step", 0)), "train_seconds": float(last.get("elapsed_s", 0.0)),
+                     "subheads": len(net.heads), "overcluster_k": net.over[0].out_features if len(net.over) else 0,
+                     "head": net.best, "head_losses": last.get("head_losses", [])}

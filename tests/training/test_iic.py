@@ -83,3 +83,23 @@ def test_iic_baseline_command_stops_at_the_time_budget(monkeypatch, capsys, iic_
     result = json.loads((tmp_path / "iic.json").read_text())
     assert result["method"] == "iic" and 0 < result["steps"] < 100000 and "iic (test)" in out
     assert result["train_seconds"] >= 1.2 and result["train_seconds"] < 10
+
+
+def test_the_subhead_of_lowest_loss_is_kept(iic_config) -> None:
+    from pathoucc.data.sources import load_pools
+    from pathoucc.training.iic import IICNet, choose_head
+
+    cfg = config_from_dict(iic_config)
+    pool = load_pools(cfg.data, ("train",))["train"]
+    net = IICNet(cfg, 10, subheads=3, overcluster=4)
+    assert [h.out_features for h in net.heads] == [10] * 3 and [h.out_features for h in net.over] == [40] * 3
+    with torch.no_grad():  # head 1 gives every instance the same cluster: no information shared, loss 0
+        net.heads[1].weight.zero_()
+        net.heads[1].bias.copy_(torch.arange(10.0) * 10)
+        net.heads[2].weight.mul_(30)  # sharp, instance-dependent assignments: the most negative loss
+    losses = choose_head(net, pool, 64, cfg.seed)
+    assert len(losses) == 3 and losses[1] == pytest.approx(0.0, abs=1e-4)
+    assert net.best == int(np.argmin(losses)) and losses[net.best] < losses[1]
+    assert len(IICNet(cfg, 10, subheads=1, overcluster=0).over) == 0
+    with pytest.raises(ValueError, match="subheads >= 1"):
+        IICNet(cfg, 10, subheads=0)
