@@ -2,11 +2,13 @@
 
     python tools/bench_bags.py seeds --config configs/mnist-bag32.yaml --seeds 0 1 2 --out bench/bag32
     python tools/bench_bags.py sweep --sizes 4 8 16 32 64 128 --minutes 5 --out bench/bag-sweep
+    python tools/bench_bags.py sweep --sizes 64 --minutes 3 --split val --out bench/cliff --set model.sigma=0.05
 
 ``seeds`` trains the config once per seed and scores k-means (k = 10) on the official 10 000 test images.
 ``sweep`` trains the same config with every bag size under the same wall-clock budget (``train.max_minutes``;
 the cosine schedule then follows the clock), with ``instances_per_batch = max(640, 10 * bag_size)`` so a
-one-digit bag never repeats an instance. Each training runs in its own process (its peak RSS is its own).
+one-digit bag never repeats an instance, and scores ``--split`` (``val``, the last 10 000 training images, to
+choose settings; ``test`` to report them). Each training runs in its own process (its peak RSS is its own).
 Writes ``results.json`` and ``results.md`` into ``--out`` (and the sweep's ``bag-size-sweep.png``).
 """
 
@@ -63,7 +65,7 @@ def sweep(args: argparse.Namespace) -> dict:
     for size in args.sizes:
         over = [data, f"seed={args.seeds[0]}", f"bags.bag_size={size}",
                 f"bags.instances_per_batch={max(640, 10 * size)}", f"train.max_minutes={args.minutes}",
-                *args.overrides,
+                f"eval.split={args.split}", *args.overrides,
                 f"train.steps={args.steps}", f"train.checkpoint_every={args.steps}"]
         res = run_child(args.config, args.out / f"bag{size}", over)
         steps = _last_step(args.out / f"bag{size}")
@@ -71,7 +73,7 @@ def sweep(args: argparse.Namespace) -> dict:
         configs[str(size)] = _config(args.config, over)
         print(json.dumps(runs[-1]), flush=True)
     return {"benchmark": "bag-size sweep", "config_file": relative(args.config), "overrides": args.overrides,
-            "budget_min": args.minutes,
+            "budget_min": args.minutes, "split": args.split,
             "configs": configs, "runs": runs}
 
 
@@ -82,7 +84,8 @@ def _last_step(run: Path) -> int:
 
 def write_markdown(r: dict, path: Path) -> None:
     lines = [*header_lines(r),
-             "| bag size | seed | steps | test accuracy | NMI | ARI | wall-clock (min) | peak RSS (GB) |",
+             f"| bag size | seed | steps | {r.get('split', 'test')} accuracy | NMI | ARI | wall-clock (min) | "
+             "peak RSS (GB) |",
              "|---|---|---|---|---|---|---|---|"]
     for run in r["runs"]:
         lines.append(f"| {run['bag_size']} | {run['seed']} | {run.get('steps', '')} | {run['accuracy']:.4f} | "
@@ -115,7 +118,7 @@ def plot(r: dict, path: Path, baseline: dict | None = None) -> None:
     ax.set_xscale("log", base=2)
     ax.set_xticks(sizes, [str(s) for s in sizes])
     ax.set_xlabel("instances per bag (every bag of the run)")
-    ax.set_ylabel("MNIST test (10 000 images)")
+    ax.set_ylabel(f"MNIST {r.get('split', 'test')} (10 000 images)")
     ax.set_title(f"same budget: {r['budget_min']:g} min of training on {r['machine']['cpus']} CPU cores", fontsize=9)
     ax.set_ylim(min(0.8, lowest - 0.02), 1.0)
     ax.grid(alpha=0.3)
@@ -135,6 +138,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench/bags"))
     parser.add_argument("--data-root", default=str(ROOT / "data"))
     parser.add_argument("--baseline", type=Path, help="sweep: an earlier sweep's results.json, drawn dashed")
+    parser.add_argument("--split", choices=["test", "val"], default="test",
+                        help="sweep: the split scored (val to choose settings, test to report them)")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="config override a.b=value applied to every run (e.g. model.sigma=0.05)")
     args = parser.parse_args()
