@@ -166,10 +166,11 @@ class RefineConfig(Section):
     to 0). The regions: those of tiles or feature files; for MNIST/IDX, the training instances dealt once into
     fixed bags drawn like the training's (``pathoucc.data.fixed_bags``). ``count_iters`` > 0: the clusters are
     fitted by at most that many rounds of count-constrained k-means (``pathoucc.cluster.counted``), re-seeding any
-    cluster left with under ``min_cluster_share`` of the patches; 0: plain k-means. ``examples`` (off by default): a
-    labelled-examples file (QuPath GeoJSON / ``slide,x,y,class`` CSV) whose patches keep their class as fixed
-    pseudo-labels and name the clusters (:mod:`pathoucc.cluster.labelled`; measured worse than naming the refined
-    run afterwards, docs/benchmarks.md); ``example_classes``: its class names."""
+    cluster left with under ``min_cluster_share`` of the patches, and from the second round also started from the
+    last round's labels (the start of lower count-consistent cost kept); 0: plain k-means. ``examples`` (off by
+    default): a labelled-examples file (QuPath GeoJSON / ``slide,x,y,class`` CSV) whose patches keep their class
+    as fixed pseudo-labels and name the clusters (:mod:`pathoucc.cluster.labelled`; measured worse than naming the
+    refined run afterwards, docs/benchmarks.md); ``example_classes``: its class names."""
 
     steps: int = Field(0, ge=0)
     rounds: int = Field(1, ge=1)
