@@ -55,13 +55,15 @@ def _named_k(cfg: Config, k: int | None, classes: list[str], fit_tiles: list[str
 @dataclass
 class LocatedExamples:
     """Where a labelled-examples file's patches are: per tile file (``labels[str(resolved path)]`` (N,) int64, the
-    index of the patch's class in ``names``, -1 = not an example), the training tile files among them, the notes."""
+    index of the patch's class in ``names``, -1 = not an example), the training tile files among them, the notes,
+    and ``k``, the clusters of the fit."""
 
     path: Path
     names: list[str]
     labels: dict[str, np.ndarray]
     training: set[str]
     notes: list[str]
+    k: int
 
 
 def locate_examples(cfg: Config, examples_path: str | Path, classes: list[str] | None = None,
@@ -98,7 +100,7 @@ def locate_examples(cfg: Config, examples_path: str | Path, classes: list[str] |
     if len(present) > (k := _named_k(cfg, k, names, fit_tiles)):
         raise PathouccError(f"{len(present)} named classes have examples but k={k}: each needs its "
                             "own cluster; raise --k or drop classes", examples_path)
-    return LocatedExamples(examples_path, names, found, {str(Path(p).resolve()) for p in training}, notes)
+    return LocatedExamples(examples_path, names, found, {str(Path(p).resolve()) for p in training}, notes, k)
 
 
 def fit_with_examples(model: torch.nn.Module, cfg: Config, examples_path: str | Path, k: int | None = None,
@@ -126,7 +128,7 @@ def fit_with_examples(model: torch.nn.Module, cfg: Config, examples_path: str | 
         if located.training and not in_training[all_labels == c].any():
             notes.append(f"{examples_path.name}: class {names[c]!r} has examples only on slides outside the "
                          "training tiles; its centre starts from them (they are still not scored)")
-    k = _named_k(cfg, k, names, fit_tiles)
+    k = located.k
     unlabelled, source = train_features(model, cfg, fit_tiles, batch_size, device, progress, amp=amp)
     source = f"{source} + {len(all_labels)} labelled example patches ({examples_path})"
     cm, more = named_cluster_model(unlabelled, np.concatenate(features), all_labels, names, k, cfg.seed, source)
