@@ -79,12 +79,16 @@ class BagsConfig(Section):
     ``region_subsets``: each region larger than ``bag_size`` also gives this many random subsets of ``bag_size`` of
     its instances as extra bags (no extra encoder cost), labelled with the region's count as an upper bound (the
     loss asks for ``P(ucc <= count)``); validation bags stay whole regions. The bound was measured to hurt on
-    count-only regions (it rewards merging classes; docs/benchmarks.md), hence 0 by default."""
+    count-only regions (it rewards merging classes; docs/benchmarks.md), hence 0 by default.
+    ``region_unions``: each step also gives up to this many bags that join two of its regions (no extra encoder
+    cost), labelled with the interval their count lies in, ``[max(c1, c2), min(c1 + c2, ucc_max)]``: many more
+    distinct bags than the cohort has regions (:class:`pathoucc.data.bags.RegionBagSampler`)."""
 
     bag_size: int = Field(32, ge=1)
     bags_per_batch: int = Field(20, ge=1)
     instances_per_batch: int | None = Field(None, ge=1)
     region_subsets: int = Field(0, ge=0)
+    region_unions: int = Field(0, ge=0)
     ucc_min: int = Field(1, ge=1)
     ucc_max: int = Field(4, ge=1)
 

@@ -27,21 +27,22 @@ class BagBatch:
     instances : (M,) int64, pool indices of the instances to encode (each once)
     members : (B, N) int64, the members of each bag as positions into ``instances`` (padding: 0)
     mask : (B, N) bool, True for real members (a bag of n < N members is padded with N - n False)
-    ucc : (B,) int64, unique class count of each bag
-    upper : (B,) bool or None, True where ``ucc`` is only an upper bound (a subset of a count-only region: its own
-        count is at most the region's); None = every count is exact
+    ucc : (B,) int64, unique class count of each bag (for an interval label: its upper end)
+    low : (B,) int64 or None, the lowest count a bag can have: ``low == ucc`` for an exact count, lower for an
+        interval (a subset of a count-only region holds between ``ucc_min`` and the region's count; the union of
+        two regions between the larger of their counts and their sum); None = every count is exact
     """
 
     instances: np.ndarray
     members: np.ndarray
     mask: np.ndarray
     ucc: np.ndarray
-    upper: np.ndarray | None = None
+    low: np.ndarray | None = None
 
     @property
-    def is_upper(self) -> np.ndarray:
-        """(B,) bool, True where ``ucc`` is an upper bound."""
-        return np.zeros(len(self.ucc), bool) if self.upper is None else self.upper
+    def low_ucc(self) -> np.ndarray:
+        """(B,) int64, the lowest count of each bag (``ucc`` where it is exact)."""
+        return self.ucc if self.low is None else self.low
 
     @property
     def sizes(self) -> np.ndarray:
@@ -171,9 +172,17 @@ class RegionBagSampler:
 
     With ``subsets`` > 0, each region of more than ``bag_size`` instances also gives that many extra bags: random
     subsets of ``bag_size`` of the region's instances, which share the region's encoded instances (no extra
-    encoder cost). Their label is the region's count as an **upper bound** (``BagBatch.upper``; the loss then asks
-    only for ``P(ucc <= count)``) -- a subset of a region can miss a class, never gain one. Patch labels are never
-    read: a region's count is all the sampler knows, whether the tile file holds patch labels or not.
+    encoder cost). Their label is the region's count as an **upper bound** (``BagBatch.low`` = ``ucc_min``; the
+    loss then asks only for ``P(ucc <= count)``) -- a subset of a region can miss a class, never gain one.
+
+    With ``unions`` > 0, a step also gives up to that many **union bags**: two of its regions together (again no
+    extra encoder cost), whose count lies in ``[max(c1, c2), min(c1 + c2, ucc_max)]`` (the classes they share are
+    not known; the classifier's top class stands for "ucc_max or more"). The loss asks for the probability of
+    that interval. The pairs are new every step, so a step's few regions give many more distinct bags than the
+    cohort has regions: the count classifier cannot learn the regions by heart.
+
+    Patch labels are never read: a region's count is all the sampler knows, whether the tile file holds patch
+    labels or not.
 
     Parameters
     ----------
@@ -183,14 +192,16 @@ class RegionBagSampler:
         Unique class count of every region.
     subsets : int
         Extra subset bags per region.
+    unions : int
+        Extra union bags (pairs of the step's regions) per step.
     """
 
     def __init__(self, region: np.ndarray, region_count: np.ndarray, bag_size: int, ucc_min: int = 1,
                  ucc_max: int = 4, seed: int = 0, instances_per_batch: int | None = None,
-                 subsets: int = 0) -> None:
+                 subsets: int = 0, unions: int = 0) -> None:
         region, region_count = np.asarray(region), np.asarray(region_count)
         self.bag_size, self.ucc_min, self.ucc_max, self.seed = bag_size, ucc_min, ucc_max, seed
-        self.instances_per_batch, self.subsets = instances_per_batch, subsets
+        self.instances_per_batch, self.subsets, self.unions = instances_per_batch, subsets, unions
         order = np.argsort(region, kind="stable")
         bounds = np.searchsorted(region[order], np.arange(len(region_count) + 1))
         self._regions: dict[int, list[np.ndarray]] = {}
@@ -229,9 +240,9 @@ class RegionBagSampler:
 
     def sample(self, step: int, num_bags: int) -> BagBatch:
         """Up to ``num_bags`` region bags of ``step`` (the same for the same seed and step), each followed by its
-        ``subsets`` subset bags."""
+        ``subsets`` subset bags, then the step's ``unions`` union bags."""
         rng = np.random.default_rng((self.seed, step))
-        parts, bags, uccs, upper, total = [], [], [], [], 0
+        parts, bags, uccs, lows, whole, total = [], [], [], [], [], 0
         for u in _balanced(rng, self._values, num_bags):
             regions = self._regions[int(u)]
             bag, ucc = regions[rng.integers(len(regions))], int(u)
@@ -240,32 +251,49 @@ class RegionBagSampler:
             parts.append(bag)
             bags.append(total + np.arange(len(bag)))
             uccs.append(ucc)
-            upper.append(False)
-            for pick, own, bound in self._subsets(rng, bag, ucc):
+            lows.append(ucc)
+            whole.append((bag, bags[-1], ucc))
+            for pick in self._subsets(rng, bag):
                 bags.append(total + pick)
-                uccs.append(own)
-                upper.append(bound)
+                uccs.append(ucc)
+                lows.append(self.ucc_min)
             total += len(bag)
+        for (a, ca), (b, cb) in self._unions(rng, whole):  # positions and count of each of the two regions
+            bags.append(np.concatenate([a, b]))
+            uccs.append(min(ca + cb, self.ucc_max))
+            lows.append(max(ca, cb))
         members, mask = _pad_positions(bags)
         return BagBatch(np.concatenate(parts).astype(np.int64), members, mask, np.array(uccs, np.int64),
-                        np.array(upper) if self.subsets else None)
+                        np.array(lows, np.int64) if self.subsets or self.unions else None)
 
-    def _subsets(self, rng: np.random.Generator, bag: np.ndarray, ucc: int):
-        """``subsets`` random subsets of ``bag_size`` positions in ``bag``, each ``(positions, ucc, is_upper)``."""
+    def _subsets(self, rng: np.random.Generator, bag: np.ndarray):
+        """``subsets`` random subsets of ``bag_size`` positions in ``bag``."""
         if len(bag) <= self.bag_size:
             return
         for _ in range(self.subsets):
-            yield np.sort(rng.choice(len(bag), self.bag_size, replace=False)), ucc, True
+            yield np.sort(rng.choice(len(bag), self.bag_size, replace=False))
+
+    def _unions(self, rng: np.random.Generator, whole: list[tuple[np.ndarray, np.ndarray, int]]):
+        """Up to ``unions`` pairs of two different regions among the step's whole regions (``(members,
+        positions, ucc)`` each; a region drawn twice in a step is not joined with itself), drawn at random; each
+        yielded as ``(positions, ucc)`` twice."""
+        if not self.unions:
+            return
+        first, second = np.triu_indices(len(whole), 1)
+        other = np.array([whole[i][0] is not whole[j][0] for i, j in zip(first, second, strict=True)], bool)
+        first, second = first[other], second[other]
+        for p in np.sort(rng.choice(len(first), min(self.unions, len(first)), replace=False)):
+            yield whole[first[p]][1:], whole[second[p]][1:]
 
 
 def create_bag_sampler(pool, bag_size: int, ucc_min: int, ucc_max: int, seed: int,
-                       instances_per_batch: int | None = None, region_subsets: int = 0,
+                       instances_per_batch: int | None = None, region_subsets: int = 0, region_unions: int = 0,
                        ) -> BagSampler | RegionBagSampler:
-    """Regions given by the data when the pool has them (with ``region_subsets`` subset bags each), else bags
-    built from the instance labels."""
+    """Regions given by the data when the pool has them (with ``region_subsets`` subset bags each and
+    ``region_unions`` union bags per step), else bags built from the instance labels."""
     if pool.region is not None and pool.region_count is not None:
         return RegionBagSampler(pool.region, pool.region_count, bag_size, ucc_min, ucc_max, seed,
-                                instances_per_batch, region_subsets)
+                                instances_per_batch, region_subsets, region_unions)
     known = pool.labels >= 0
     if not known.all():
         raise ValueError("instances without labels and without regions cannot be put into bags")

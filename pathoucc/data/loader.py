@@ -35,11 +35,12 @@ def to_model_input(instances: torch.Tensor, device: torch.device | str) -> torch
 
 def batch_item(pool, batch: BagBatch, augment=None) -> dict[str, Any]:
     """A step's ``images`` ``(M, H, W, C)`` uint8 (or feature vectors ``(M, D)`` float32), ``members``/``mask``
-    ``(B, N)``, ``ucc`` and ``upper`` ``(B,)`` as tensors (``augment``, already seeded, applied to each image)."""
+    ``(B, N)``, ``ucc`` and ``low`` (the lowest count: ``ucc`` where exact) ``(B,)`` as tensors (``augment``,
+    already seeded, applied to each image)."""
     images = augment_images(pool.read(batch.instances), augment)
     return {"images": torch.from_numpy(images), "members": torch.from_numpy(batch.members),
             "mask": torch.from_numpy(batch.mask), "ucc": torch.from_numpy(batch.ucc),
-            "upper": torch.from_numpy(batch.is_upper)}
+            "low": torch.from_numpy(batch.low_ucc)}
 
 
 class StepDataset(Dataset):

@@ -15,31 +15,32 @@ from pathoucc.models import UCCModel
 __all__ = ["pseudo_label_loss", "ucc_loss_terms", "ucc_nll"]
 
 
-def ucc_nll(logits: torch.Tensor, target: torch.Tensor, upper: torch.Tensor | None = None) -> torch.Tensor:
+def ucc_nll(logits: torch.Tensor, target: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
     """Per-bag negative log-likelihood ``(B,)`` of the count classes ``target`` ``(B,)`` under ``logits``
-    ``(B, num_ucc)``; where ``upper`` ``(B,)`` is True the target is an upper bound and the likelihood is
-    ``P(count class <= target)`` (a subset of a count-only region)."""
+    ``(B, num_ucc)``; with ``low`` ``(B,)`` the label is the interval of count classes ``[low, target]`` and the
+    likelihood is ``P(low <= count class <= target)`` (exact where ``low == target``; a subset of a count-only
+    region has ``low`` 0, a union of two regions the larger of their counts)."""
     log_p = logits.float().log_softmax(1)
     exact = -log_p.gather(1, target[:, None])[:, 0]
-    if upper is None or not bool(upper.any()):
+    if low is None or bool((low == target).all()):
         return exact
-    allowed = torch.arange(logits.shape[1], device=logits.device) <= target[:, None]
-    bound = -log_p.masked_fill(~allowed, float("-inf")).logsumexp(1)
-    return torch.where(upper, bound, exact)
+    classes = torch.arange(logits.shape[1], device=logits.device)
+    allowed = (classes >= low[:, None]) & (classes <= target[:, None])
+    return -log_p.masked_fill(~allowed, float("-inf")).logsumexp(1)
 
 
 def ucc_loss_terms(model: UCCModel, x: torch.Tensor, members: torch.Tensor, mask: torch.Tensor,
-                   target: torch.Tensor, cfg: Config, upper: torch.Tensor | None = None,
+                   target: torch.Tensor, cfg: Config, low: torch.Tensor | None = None,
                    ) -> dict[str, torch.Tensor]:
     """Forward pass and the weighted loss: instances ``x`` ``(M, C, H, W)``, bags ``members``/``mask``
-    ``(B, N)`` (see :class:`~pathoucc.data.bags.BagBatch`), count classes ``target`` ``(B,)``, ``upper`` ``(B,)``
-    True where the target is an upper bound. Returns scalar tensors ``loss`` (what is minimised), ``ucc_loss``,
-    ``ucc_acc`` (the predicted class is the target, or at most the target for upper bounds) and, with a decoder
+    ``(B, N)`` (see :class:`~pathoucc.data.bags.BagBatch`), count classes ``target`` ``(B,)``, ``low`` ``(B,)``
+    the lowest count class of interval labels (``target`` where exact). Returns scalar tensors ``loss`` (what is
+    minimised), ``ucc_loss``, ``ucc_acc`` (the predicted class lies in the label's interval) and, with a decoder
     and ``loss.ae_weight`` > 0, ``recon_loss``."""
     out = model(x, members, mask, chunk=cfg.train.encoder_chunk)
-    terms = {"ucc_loss": ucc_nll(out["logits"], target, upper).mean()}
+    terms = {"ucc_loss": ucc_nll(out["logits"], target, low).mean()}
     pred = out["logits"].argmax(1)
-    hit = pred == target if upper is None else torch.where(upper, pred <= target, pred == target)
+    hit = pred == target if low is None else (pred >= low) & (pred <= target)
     terms["ucc_acc"] = hit.float().mean()
     loss = cfg.loss.ucc_weight * terms["ucc_loss"]
     if "recon" in out and cfg.loss.ae_weight > 0:

@@ -79,12 +79,13 @@ def ucc_step(state: TrainState, batch: dict[str, Any], cfg: Config) -> dict[str,
     assert batch["step"] == state.step, (batch["step"], state.step)
     device = state.device
     x = to_model_input(batch["images"], device)  # (M, C, H, W) pixels (copied as uint8, converted there) or (M, D)
-    members, mask, upper = (batch[key].to(device, non_blocking=True) for key in ("members", "mask", "upper"))
-    target = (batch["ucc"] - cfg.bags.ucc_min).to(device, non_blocking=True)  # count -> count class
+    members, mask = (batch[key].to(device, non_blocking=True) for key in ("members", "mask"))
+    # counts -> count classes (an interval label: low .. target)
+    target, low = ((batch[key] - cfg.bags.ucc_min).to(device, non_blocking=True) for key in ("ucc", "low"))
     state.set_lr(cfg.train.lr * lr_factor(cfg, state.step, state.elapsed))
     state.net.train()
     with autocast(device, state.amp_dtype):
-        terms = ucc_loss_terms(state.net, x, members, mask, target, cfg, upper)
+        terms = ucc_loss_terms(state.net, x, members, mask, target, cfg, low)
     state.optimise(terms["loss"])
     return {key: value.detach() for key, value in terms.items()} | {"lr": state.lr}
 
@@ -100,10 +101,10 @@ def validate_ucc(training: UCCTraining, cfg: Config) -> dict[str, float]:
     for batch in training.val_batches:
         item = batch_item(training.val_pool, batch)
         x = to_model_input(item["images"], state.device)
-        members, mask, upper = (item[key].to(state.device) for key in ("members", "mask", "upper"))
-        target = (item["ucc"] - cfg.bags.ucc_min).to(state.device)
+        members, mask = (item[key].to(state.device) for key in ("members", "mask"))
+        target, low = ((item[key] - cfg.bags.ucc_min).to(state.device) for key in ("ucc", "low"))
         with autocast(state.device, state.amp_dtype):
-            terms = ucc_loss_terms(model, x, members, mask, target, cfg, upper)
+            terms = ucc_loss_terms(model, x, members, mask, target, cfg, low)
         for key, value in terms.items():
             totals[f"val_{key}"] = totals.get(f"val_{key}", 0.0) + float(value) * len(target)
     total = sum(len(batch.ucc) for batch in training.val_batches)
@@ -130,7 +131,7 @@ def prepare_ucc(cfg: Config, pools: dict[str, Pool | None],
     seed = rank_seed(cfg.seed, world.rank)  # each rank its own bags; rank 0 those of one process
     try:
         sampler = create_bag_sampler(train_pool, bags.bag_size, bags.ucc_min, bags.ucc_max, seed,
-                                     bags.instances_per_batch, bags.region_subsets)
+                                     bags.instances_per_batch, bags.region_subsets, bags.region_unions)
         val_sampler = (create_bag_sampler(val_pool, bags.bag_size, bags.ucc_min, bags.ucc_max, cfg.seed + 1,
                                           bags.instances_per_batch)
                        if val_pool is not None and len(val_pool) else None)

@@ -80,7 +80,8 @@ def test_subsets_of_count_only_regions_are_upper_bounds() -> None:
     region = np.repeat([0, 1, 2], [40, 12, 3])
     sampler = RegionBagSampler(region, np.array([2, 1, 2]), bag_size=8, ucc_min=1, ucc_max=3, seed=0, subsets=5)
     batch = sampler.sample(0, 3)
-    upper = batch.is_upper
+    upper = batch.sizes == 8  # the regions hold 40, 12 and 3 instances: only subsets have 8
+    assert (batch.low_ucc[upper] == 1).all() and (batch.low_ucc[~upper] == batch.ucc[~upper]).all()
     assert upper.sum() == 5 * sum(len(np.unique(batch.instances[batch.members[i][batch.mask[i]]])) > 8
                                   for i in np.flatnonzero(~upper))
     for i in np.flatnonzero(upper):
@@ -90,16 +91,40 @@ def test_subsets_of_count_only_regions_are_upper_bounds() -> None:
         assert batch.ucc[i] == {0: 2, 1: 1}[region[batch.instances[pos[0]]]]
     # without subsets the draws are unchanged (same bags as before the option existed)
     plain = RegionBagSampler(region, np.array([2, 1, 2]), bag_size=8, ucc_min=1, ucc_max=3, seed=0).sample(0, 3)
-    assert plain.upper is None and not plain.is_upper.any()
+    assert plain.low is None and (plain.low_ucc == plain.ucc).all()
 
 
-def test_upper_bound_loss_is_the_probability_of_at_most_the_count() -> None:
-    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.0, 0.0, 3.0, 0.0]])
+def test_unions_of_two_regions_carry_the_interval_of_their_count() -> None:
+    """region_unions: pairs of the step's whole regions, labelled [max(c1, c2), min(c1 + c2, ucc_max)]; the whole
+    regions and their draws are those of a sampler without unions."""
+    from pathoucc.data.bags import RegionBagSampler
+
+    region = np.repeat(np.arange(6), [5, 6, 7, 8, 9, 10])
+    counts = np.array([1, 2, 3, 1, 2, 3])
+    plain = RegionBagSampler(region, counts, bag_size=3, ucc_max=4, seed=3).sample(7, 6)
+    batch = RegionBagSampler(region, counts, bag_size=3, ucc_max=4, seed=3, unions=4).sample(7, 6)
+    n = len(plain.ucc)
+    assert len(batch.ucc) == n + 4 and np.array_equal(batch.instances, plain.instances)
+    assert np.array_equal(batch.ucc[:n], plain.ucc) and np.array_equal(batch.low_ucc[:n], plain.ucc)
+    seen = set()
+    for i in range(n, n + 4):
+        members = batch.instances[batch.members[i][batch.mask[i]]]
+        pair = np.unique(region[members])
+        assert len(pair) == 2 and len(members) == np.isin(region, pair).sum()  # two whole regions, nothing else
+        c1, c2 = counts[pair]
+        assert (batch.low_ucc[i], batch.ucc[i]) == (max(c1, c2), min(c1 + c2, 4))
+        seen.add(tuple(pair))
+    assert len(seen) == 4  # distinct pairs
+
+
+def test_interval_loss_is_the_probability_of_the_interval() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.0, -1.0], [0.0, 0.0, 3.0, 0.0], [0.5, 1.0, 2.0, 0.0]])
     p = logits.softmax(1)
-    target = torch.tensor([1, 1])
-    nll = ucc_nll(logits, target, torch.tensor([True, False]))
+    target = torch.tensor([1, 1, 3])
+    nll = ucc_nll(logits, target, torch.tensor([0, 1, 2]))  # an upper bound, an exact count, an interval
     torch.testing.assert_close(nll[0], -torch.log(p[0, :2].sum()))
     torch.testing.assert_close(nll[1], -torch.log(p[1, 1]))
+    torch.testing.assert_close(nll[2], -torch.log(p[2, 2:].sum()))
     torch.testing.assert_close(ucc_nll(logits, target), torch.nn.functional.cross_entropy(logits, target,
                                                                                           reduction="none"))
 
@@ -108,7 +133,7 @@ def test_region_subsets_train(tiny_config, digits, tmp_path: Path) -> None:
     cfg = config_from_dict(tiny_config | {"bags": tiny_config["bags"] | {"bags_per_batch": 2, "region_subsets": 4}})
     training = prepare_ucc(cfg, _region_pools(digits, [7, 60, 30]))
     item = training.data[0]
-    assert bool(item["upper"].any())  # subsets, labelled with an upper bound, reach the step
+    assert bool((item["low"] < item["ucc"]).any())  # subsets, labelled with an upper bound, reach the step
     before = {k: v.clone() for k, v in training.state.modules["model"].state_dict().items()}
     terms = ucc_step(training.state, item, cfg)
     # a positive count NLL over whole regions and their subsets, and the step moves the encoder's weights

@@ -81,7 +81,7 @@ def test_two_gloo_ranks_train_one_run_folder_like_one_process(tmp_path: Path, ti
                          training.train_pool, bags.bags_per_batch)[0] for rank in (0, 1)]
     instances, bags_each = len(items[0]["images"]), len(items[0]["ucc"])
     assert (len(items[1]["images"]), len(items[1]["ucc"])) == (instances, bags_each)  # equal halves
-    batch = {key: torch.cat([items[0][key], items[1][key]]) for key in ("images", "mask", "ucc", "upper")}
+    batch = {key: torch.cat([items[0][key], items[1][key]]) for key in ("images", "mask", "ucc", "low")}
     batch |= {"step": 0, "members": torch.cat([items[0]["members"], items[1]["members"] + instances])}
     model = training.state.modules["model"]
     training.state.net = _TwoRanks(model, instances, bags_each)
