@@ -122,11 +122,19 @@ class ModelConfig(Section):
     decoder: bool = True
     decoder_widths: list[int] = Field(default_factory=lambda: [128, 64, 32])
     decoder_residual: bool = False
+    iic_clusters: int = Field(0, ge=0)
 
 
 class LossConfig(Section):
+    """Weights of the loss terms. ``iic_weight`` (with ``model.iic_clusters`` > 0: a softmax head of that many
+    clusters on the features): IIC's mutual information between the assignments of ``iic_instances`` of a step's
+    instances and of a random affine copy of each (:func:`pathoucc.training.losses.invariance_loss`), subtracted
+    beside the count loss: features that cluster whatever the count head learns."""
+
     ucc_weight: float = Field(0.5, ge=0)
     ae_weight: float = Field(0.5, ge=0)
+    iic_weight: float = Field(0.0, ge=0)
+    iic_instances: int = Field(256, ge=2)
 
 
 class TrainConfig(Section):
@@ -216,6 +224,11 @@ class Config(Section):
                              f"image encoder); got source {self.data.source!r}, backbone {self.model.backbone!r}")
         if self.data.source == "features" and self.data.augment:
             raise ValueError("data.augment transforms images; feature vectors take none (set data.augment: [])")
+        if (self.loss.iic_weight > 0) != (self.model.iic_clusters > 0):
+            raise ValueError("loss.iic_weight > 0 and model.iic_clusters > 0 go together (the invariance term "
+                             f"trains that head); got {self.loss.iic_weight} and {self.model.iic_clusters}")
+        if self.loss.iic_weight > 0 and self.model.backbone == "mlp":
+            raise ValueError("loss.iic_weight needs images (a random affine copy of each); feature vectors have none")
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -47,4 +47,5 @@ def create_model(cfg: ModelConfig, num_ucc: int) -> UCCModel:
         decoder = ConvDecoder(cfg.num_features, cfg.in_chans, cfg.input_size, tuple(cfg.decoder_widths),
                               cfg.decoder_residual)
     kde = KDE(cfg.num_bins, cfg.sigma, cfg.kde_pool)
-    return UCCModel(encoder, cfg.num_features, kde, list(cfg.mlp), num_ucc, decoder, cfg.feature_norm)
+    return UCCModel(encoder, cfg.num_features, kde, list(cfg.mlp), num_ucc, decoder, cfg.feature_norm,
+                    cfg.iic_clusters)

@@ -29,10 +29,12 @@ class UCCModel(nn.Module):
         Reconstructs instances from their features (autoencoder branch).
     feature_norm : bool
         Batch-normalise the feature logits before the sigmoid.
+    iic_clusters : int
+        Size of a linear softmax head on the features trained by the invariance term (0: none).
     """
 
     def __init__(self, encoder: nn.Module, num_features: int, kde: KDE, mlp: list[int], num_ucc: int,
-                 decoder: nn.Module | None = None, feature_norm: bool = False) -> None:
+                 decoder: nn.Module | None = None, feature_norm: bool = False, iic_clusters: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.num_features, num_features)
@@ -48,6 +50,7 @@ class UCCModel(nn.Module):
         self.classifier = nn.Sequential(*layers)
         self.decoder = decoder
         self.num_features = num_features
+        self.cluster_head = nn.Linear(num_features, iic_clusters) if iic_clusters else None
 
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         """Instances ``(M, C, H, W)`` (or ``(M, D)``) -> features ``(M, J)`` float32 in [0, 1].

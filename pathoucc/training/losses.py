@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pathoucc.config import Config
 from pathoucc.models import UCCModel
 
-__all__ = ["pseudo_label_loss", "ucc_loss_terms", "ucc_nll"]
+__all__ = ["invariance_loss", "pseudo_label_loss", "ucc_loss_terms", "ucc_nll"]
 
 
 def ucc_nll(logits: torch.Tensor, target: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
@@ -29,14 +29,29 @@ def ucc_nll(logits: torch.Tensor, target: torch.Tensor, low: torch.Tensor | None
     return -log_p.masked_fill(~allowed, float("-inf")).logsumexp(1)
 
 
+def invariance_loss(model: UCCModel, x: torch.Tensor, features: torch.Tensor, n: int,
+                    generator: torch.Generator) -> torch.Tensor:
+    """IIC's loss (minus the mutual information, :func:`pathoucc.training.iic.iic_loss`) between the cluster
+    head's assignments of ``n`` of the instances ``x`` ``(M, C, H, W)`` (their ``features`` ``(M, J)`` already
+    computed) and of a random affine copy of each (:func:`pathoucc.training.iic.random_affine`); the instances and
+    the transforms are drawn from ``generator``."""
+    from pathoucc.training.iic import iic_loss, random_affine
+
+    pick = torch.randperm(len(x), generator=generator)[:n].to(x.device)
+    copy = model.extract_features(random_affine(x[pick], generator))
+    head = model.cluster_head
+    return iic_loss(head(features[pick].float()).softmax(1), head(copy.float()).softmax(1))
+
+
 def ucc_loss_terms(model: UCCModel, x: torch.Tensor, members: torch.Tensor, mask: torch.Tensor,
                    target: torch.Tensor, cfg: Config, low: torch.Tensor | None = None,
-                   ) -> dict[str, torch.Tensor]:
+                   generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
     """Forward pass and the weighted loss: instances ``x`` ``(M, C, H, W)``, bags ``members``/``mask``
     ``(B, N)`` (see :class:`~pathoucc.data.bags.BagBatch`), count classes ``target`` ``(B,)``, ``low`` ``(B,)``
     the lowest count class of interval labels (``target`` where exact). Returns scalar tensors ``loss`` (what is
-    minimised), ``ucc_loss``, ``ucc_acc`` (the predicted class lies in the label's interval) and, with a decoder
-    and ``loss.ae_weight`` > 0, ``recon_loss``."""
+    minimised), ``ucc_loss``, ``ucc_acc`` (the predicted class lies in the label's interval), with a decoder
+    and ``loss.ae_weight`` > 0 ``recon_loss``, and with ``loss.iic_weight`` > 0 and a ``generator`` (training
+    steps; validation passes none) ``iic_loss`` (:func:`invariance_loss`)."""
     out = model(x, members, mask, chunk=cfg.train.encoder_chunk)
     terms = {"ucc_loss": ucc_nll(out["logits"], target, low).mean()}
     pred = out["logits"].argmax(1)
@@ -46,6 +61,10 @@ def ucc_loss_terms(model: UCCModel, x: torch.Tensor, members: torch.Tensor, mask
     if "recon" in out and cfg.loss.ae_weight > 0:
         terms["recon_loss"] = F.mse_loss(out["recon"].float(), x)
         loss = loss + cfg.loss.ae_weight * terms["recon_loss"]
+    if cfg.loss.iic_weight > 0 and generator is not None:
+        terms["iic_loss"] = invariance_loss(model.module if hasattr(model, "module") else model, x,
+                                            out["features"], cfg.loss.iic_instances, generator)
+        loss = loss + cfg.loss.iic_weight * terms["iic_loss"]
     terms["loss"] = loss
     return terms
 

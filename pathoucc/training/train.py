@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from pathoucc.config import Config, save_config
-from pathoucc.data.augment import build_augment
+from pathoucc.data.augment import build_augment, step_seed
 from pathoucc.data.bags import BagBatch, BagSampler, create_bag_sampler
 from pathoucc.data.features import feature_dim
 from pathoucc.data.loader import StepDataset, batch_item, step_loader, to_model_input
@@ -85,7 +85,9 @@ def ucc_step(state: TrainState, batch: dict[str, Any], cfg: Config) -> dict[str,
     state.set_lr(cfg.train.lr * lr_factor(cfg, state.step, state.elapsed))
     state.net.train()
     with autocast(device, state.amp_dtype):
-        terms = ucc_loss_terms(state.net, x, members, mask, target, cfg, low)
+        # the invariance term's instances and transforms: drawn from (seed, step), so a resumed run redraws them
+        generator = torch.Generator().manual_seed(step_seed(cfg.seed, state.step))
+        terms = ucc_loss_terms(state.net, x, members, mask, target, cfg, low, generator)
     state.optimise(terms["loss"])
     return {key: value.detach() for key, value in terms.items()} | {"lr": state.lr}
 
