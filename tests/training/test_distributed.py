@@ -122,3 +122,19 @@ def test_two_gloo_ranks_refine_through_the_same_loop(tmp_path: Path, digit_slide
     ucc, refined = read_weights(run / "model-ucc.pt")["model"], read_weights(run / "model.pt")["model"]
     assert not torch.equal(ucc["head.weight"], refined["head.weight"])  # the features were fine-tuned
     assert torch.equal(ucc["classifier.0.weight"], refined["classifier.0.weight"])  # the count head was not
+
+
+def test_two_gloo_ranks_train_with_the_invariance_term(tmp_path: Path, tiny_config: dict) -> None:
+    """loss.iic_weight under DDP: the cluster head and the copy's features are used outside DDP's forward, in the
+    same backward; both ranks step and the head is trained."""
+    tiny_config["train"] |= {"steps": 2, "checkpoint_every": 2, "val_every": 2, "amp": False, "num_threads": 1}
+    tiny_config["model"] |= {"decoder": False, "iic_clusters": 4}
+    tiny_config["loss"] = {"ucc_weight": 1.0, "ae_weight": 0.0, "iic_weight": 1.0, "iic_instances": 8}
+    cfg_path, run = tmp_path / "tiny.yaml", tmp_path / "run"
+    cfg_path.write_text(yaml.safe_dump(tiny_config))
+    proc = _torchrun("train", str(cfg_path), "--out", str(run))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "iic_loss" in line]
+    assert len(records) == 2 and all(r["iic_loss"] <= 1e-6 for r in records)
+    state = torch.load(run / CHECKPOINT, weights_only=True)
+    assert state["world_size"] == 2 and "cluster_head.weight" in state["model"]
