@@ -11,7 +11,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pathoucc.errors import PathouccError, quote
-from pathoucc.files import parse_yaml, read_yaml, write_text
+from pathoucc.files import read_yaml, write_text
+from pathoucc.overrides import apply_overrides
 
 Device = Literal["auto", "cpu", "cuda"]  # auto: cuda when available, else cpu
 Split = Literal["test", "val"]  # the held-out split scored
@@ -261,34 +262,6 @@ def _format_error(exc: ValidationError, source: str) -> str:
         return f"{source}: unknown key {quote(where)} (valid keys here: {valid})"
     more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
     return f"{source}: {where}: {problem_text(err)}{more}"
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"train.lr=1e-3"`` -> ``(["train", "lr"], 0.001)``; the value is parsed as YAML (text if it is not YAML)."""
-    if "=" not in text:
-        raise PathouccError(f"override {quote(text)} is not of the form key.path=value")
-    key, raw = text.split("=", 1)
-    try:
-        value = parse_yaml(raw, f"override {quote(text)}") if raw.strip() else ""
-    except yaml.YAMLError:
-        value = raw
-    parts = [p for p in key.strip().split(".") if p]
-    if not parts:
-        raise PathouccError(f"override {quote(text)} has an empty key")
-    return parts, value
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b=value`` overrides to a raw config dict (in place) and return it."""
-    for text in overrides:
-        parts, value = parse_override(text)
-        node = raw
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise PathouccError(f"override {quote(text)}: {quote(part)} is not a section")
-        node[parts[-1]] = value
-    return raw
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:

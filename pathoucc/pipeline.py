@@ -15,11 +15,12 @@ from pathoucc.cluster.kmeans import default_k
 from pathoucc.cluster.labelled import pool_examples
 from pathoucc.cluster.named import NamedFit, fit_with_examples, locate_examples, named_cluster_run
 from pathoucc.cluster.refine import refine_model
-from pathoucc.config import Config, apply_overrides, config_from_dict, load_config, parse_override, save_config
+from pathoucc.config import Config, config_from_dict, load_config, save_config
 from pathoucc.data.fixed_bags import with_fixed_bags
 from pathoucc.data.sources import load_pools
 from pathoucc.errors import PathouccError
 from pathoucc.files import write_json
+from pathoucc.overrides import apply_overrides, parse_override
 from pathoucc.run import (
     CONFIG,
     MODEL,
