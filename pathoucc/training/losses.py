@@ -21,9 +21,9 @@ def ucc_nll(logits: torch.Tensor, target: torch.Tensor, low: torch.Tensor | None
     likelihood is ``P(low <= count class <= target)`` (exact where ``low == target``; a subset of a count-only
     region has ``low`` 0, a union of two regions the larger of their counts)."""
     log_p = logits.float().log_softmax(1)
-    exact = -log_p.gather(1, target[:, None])[:, 0]
-    if low is None or bool((low == target).all()):
-        return exact
+    if low is None:
+        return -log_p.gather(1, target[:, None])[:, 0]
+    # one allowed class (an exact count) gives exactly its log-probability: no branch, no host sync
     classes = torch.arange(logits.shape[1], device=logits.device)
     allowed = (classes >= low[:, None]) & (classes <= target[:, None])
     return -log_p.masked_fill(~allowed, float("-inf")).logsumexp(1)
@@ -62,8 +62,8 @@ def ucc_loss_terms(model: UCCModel, x: torch.Tensor, members: torch.Tensor, mask
         terms["recon_loss"] = F.mse_loss(out["recon"].float(), x)
         loss = loss + cfg.loss.ae_weight * terms["recon_loss"]
     if cfg.loss.iic_weight > 0 and generator is not None:
-        terms["iic_loss"] = invariance_loss(model.module if hasattr(model, "module") else model, x,
-                                            out["features"], cfg.loss.iic_instances, generator)
+        inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+        terms["iic_loss"] = invariance_loss(inner, x, out["features"], cfg.loss.iic_instances, generator)
         loss = loss + cfg.loss.iic_weight * terms["iic_loss"]
     terms["loss"] = loss
     return terms

@@ -86,7 +86,8 @@ def ucc_step(state: TrainState, batch: dict[str, Any], cfg: Config) -> dict[str,
     state.net.train()
     with autocast(device, state.amp_dtype):
         # the invariance term's instances and transforms: drawn from (seed, step), so a resumed run redraws them
-        generator = torch.Generator().manual_seed(step_seed(cfg.seed, state.step))
+        generator = (torch.Generator().manual_seed(step_seed(cfg.seed, state.step)) if cfg.loss.iic_weight > 0
+                     else None)
         terms = ucc_loss_terms(state.net, x, members, mask, target, cfg, low, generator)
     state.optimise(terms["loss"])
     return {key: value.detach() for key, value in terms.items()} | {"lr": state.lr}
