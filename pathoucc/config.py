@@ -10,7 +10,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pathoucc.errors import PathouccError, quote
+from pathoucc.config_errors import format_error
+from pathoucc.errors import PathouccError
 from pathoucc.files import read_yaml, write_text
 from pathoucc.overrides import apply_overrides
 
@@ -183,7 +184,11 @@ class RefineConfig(Section):
     last round's labels (the start of lower count-consistent cost kept); 0: plain k-means. ``examples`` (off by
     default): a labelled-examples file (QuPath GeoJSON / ``slide,x,y,class`` CSV) whose patches keep their class
     as fixed pseudo-labels and name the clusters (:mod:`pathoucc.cluster.labelled`; measured worse than naming the
-    refined run afterwards, docs/benchmarks.md); ``example_classes``: its class names."""
+    refined run afterwards, docs/benchmarks.md); ``example_classes``: its class names. ``pairwise_weight`` > 0
+    (off by default) adds ClusterNet's pairwise loss (:func:`pathoucc.training.losses.pairwise_kl_loss`, hinge
+    ``pairwise_margin`` nats) on ``pairwise_batch`` labelled patches a step: those of ``examples`` (tiles) or of
+    ``data.labelled_fraction`` / ``labels_per_class`` (MNIST/IDX); ``fix_examples`` false: ``examples`` enter
+    that loss only, not the clustering."""
 
     steps: int = Field(0, ge=0)
     rounds: int = Field(1, ge=1)
@@ -193,6 +198,10 @@ class RefineConfig(Section):
     min_cluster_share: float = Field(1e-3, ge=0, lt=1)
     examples: str | None = None
     example_classes: list[str] | None = Field(None, min_length=1)
+    fix_examples: bool = True
+    pairwise_weight: float = Field(0.0, ge=0)
+    pairwise_margin: float = Field(2.0, gt=0)
+    pairwise_batch: int = Field(128, ge=2)
 
     @model_validator(mode="after")
     def _examples_need_refining(self) -> RefineConfig:
@@ -200,6 +209,11 @@ class RefineConfig(Section):
             raise ValueError("refine.example_classes names the classes of refine.examples: give that file too")
         if self.examples is not None and not self.steps:
             raise ValueError("refine.examples labels patches of the refinement: set refine.steps > 0")
+        if self.pairwise_weight > 0 and not self.steps:
+            raise ValueError("refine.pairwise_weight trains the refinement: set refine.steps > 0")
+        if not self.fix_examples and not (self.examples is not None and self.pairwise_weight > 0):
+            raise ValueError("refine.fix_examples false keeps refine.examples for the pairwise loss only: give "
+                             "refine.examples and refine.pairwise_weight > 0")
         return self
 
 
@@ -220,6 +234,10 @@ class Config(Section):
     def _sources_and_models(self) -> Config:
         if self.refine.examples is not None and self.data.source != "tiles":
             raise ValueError("refine.examples labels patches of tile files: it needs data.source tiles")
+        if self.refine.pairwise_weight > 0 and not (self.refine.examples or self.data.labelled_fraction
+                                                    or self.data.labels_per_class):
+            raise ValueError("refine.pairwise_weight needs labelled examples: refine.examples (tiles) or "
+                             "data.labelled_fraction / data.labels_per_class (MNIST/IDX)")
         if (self.data.source == "features") != (self.model.backbone == "mlp"):
             raise ValueError("data.source features and model.backbone mlp go together (feature vectors in, no "
                              f"image encoder); got source {self.data.source!r}, backbone {self.model.backbone!r}")
@@ -235,33 +253,6 @@ class Config(Section):
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON/YAML values (choices as strings)."""
         return self.model_dump(mode="json")
-
-
-def problem_text(err: Any) -> str:
-    """A pydantic error as ``what is wrong (got <value, cut to 200 characters>)``; a choice names its values."""
-    msg, value = err["msg"].removeprefix("Value error, "), err.get("input")
-    return msg if err["type"] == "extra_forbidden" or isinstance(value, dict) else f"{msg} (got {quote(value)})"
-
-
-def _section_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The valid keys at ``loc`` (the section the bad key sits in)."""
-    for part in loc[:-1]:
-        ann = getattr(model.model_fields.get(str(part)), "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            break
-        model = ann
-    return list(model.model_fields)
-
-
-def _format_error(exc: ValidationError, source: str) -> str:
-    err = exc.errors()[0]
-    loc = tuple(err["loc"])
-    where = ".".join(str(p) for p in loc) or "(top level)"
-    if err["type"] == "extra_forbidden":
-        valid = ", ".join(_section_fields(Config, loc))
-        return f"{source}: unknown key {quote(where)} (valid keys here: {valid})"
-    more = f" [+{len(exc.errors()) - 1} more]" if len(exc.errors()) > 1 else ""
-    return f"{source}: {where}: {problem_text(err)}{more}"
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -281,7 +272,7 @@ def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:
-        raise PathouccError(_format_error(exc, source)) from None
+        raise PathouccError(format_error(exc, Config, source)) from None
 
 
 def save_config(config: Config, path: str | Path) -> None:

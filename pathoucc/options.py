@@ -9,7 +9,8 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from pathoucc.config import Compression, Device, Section, problem_text
+from pathoucc.config import Compression, Device, Section
+from pathoucc.config_errors import problem_text
 from pathoucc.errors import PathouccError
 
 

@@ -10,13 +10,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from pathoucc.cluster.evaluate import EvalResult, evaluate_run
 from pathoucc.cluster.kmeans import default_k
-from pathoucc.cluster.labelled import pool_examples
+from pathoucc.cluster.labelled import PoolExamples, pool_examples
 from pathoucc.cluster.named import NamedFit, fit_with_examples, locate_examples, named_cluster_run
 from pathoucc.cluster.refine import refine_model
 from pathoucc.config import Config, config_from_dict, load_config, save_config
 from pathoucc.data.fixed_bags import with_fixed_bags
+from pathoucc.data.labelled import labelled_subset
+from pathoucc.data.pool import Pool
 from pathoucc.data.sources import load_pools
 from pathoucc.errors import PathouccError
 from pathoucc.files import write_json
@@ -121,6 +125,7 @@ def refine_run(run_dir: str | Path, overrides: list[str] | None = None, device: 
             pool = with_fixed_bags(pool, cfg.bags.bag_size, cfg.bags.ucc_min, cfg.bags.ucc_max, cfg.seed)
         k = cfg.eval.k or default_k(cfg)
         examples = pool_examples(cfg, k, len(pool)) if cfg.refine.examples else None  # its errors before any change
+        pairs = _pairwise_labels(cfg, pool, examples)
         if world.main:
             # model.pt, k-means and refinement of earlier weights go; an interrupted refinement's state stays
             clear_weight_outputs(run_dir, keep=(MODEL_UCC, REFINE_CHECKPOINT, REFINE_LOG) if resume else (MODEL_UCC,))
@@ -128,7 +133,8 @@ def refine_run(run_dir: str | Path, overrides: list[str] | None = None, device: 
                 save_config(cfg, run_dir / CONFIG)
         summary = refine_model(model.to(torch_device), cfg, pool, k, torch_device, run_dir / REFINE_LOG, progress,
                                checkpoint=ckpt, resume=resume, world=world,
-                               examples=None if examples is None else examples.clusters)
+                               examples=None if examples is None or not cfg.refine.fix_examples
+                               else examples.clusters, pairs=pairs)
         if world.main:
             if examples is not None:  # the run's k-means named by the same examples (the ``examples`` fit)
                 named = fit_with_examples(model, cfg, str(cfg.refine.examples), k, cfg.refine.example_classes,
@@ -146,12 +152,32 @@ def refine_run(run_dir: str | Path, overrides: list[str] | None = None, device: 
     return summary
 
 
+def _pairwise_labels(cfg: Config, pool: Pool, examples: PoolExamples | None) -> np.ndarray | None:
+    """The labelled patches' classes ``(len(pool),)`` (-1 elsewhere) for ``refine.pairwise_weight`` > 0: those of
+    ``refine.examples``, or of ``data.labelled_fraction`` / ``labels_per_class`` (MNIST/IDX, the subset the
+    evaluation names the clusters with); None when the term is off."""
+    if not cfg.refine.pairwise_weight:
+        return None
+    if examples is not None:
+        return examples.clusters
+    rows = labelled_subset(pool.labels, cfg.data.labelled_fraction, cfg.data.labels_per_class, cfg.seed)
+    pairs = np.full(len(pool), -1, np.int64)
+    pairs[rows] = pool.labels[rows]
+    return pairs
+
+
+REFINE_KEYS = ("refine", "data.labelled_fraction", "data.labels_per_class")  # what `pathoucc refine --set` may change
+
+
 def _refine_config(run_dir: Path, ucc_cfg: Config, overrides: list[str]) -> Config:
-    """The run's config (``config.yaml``, else the UCC model's) with ``refine.*`` ``overrides`` applied."""
+    """The run's config (``config.yaml``, else the UCC model's) with ``refine.*`` ``overrides`` (and the labelled
+    share of MNIST/IDX, which the UCC training never reads) applied."""
     for text in overrides:
-        if parse_override(text)[0][0] != "refine":
-            raise PathouccError(f"--set {text}: only refine.* settings change when re-refining a run (train a new "
-                                "run for others)", run_dir)
+        key = ".".join(parse_override(text)[0])
+        if not any(key == k or key.startswith(f"{k}.") for k in REFINE_KEYS):
+            raise PathouccError(f"--set {text}: only refine.* settings (and data.labelled_fraction / "
+                                "labels_per_class) change when re-refining a run (train a new run for others)",
+                                run_dir)
     base = load_config(run_dir / CONFIG) if (run_dir / CONFIG).is_file() else ucc_cfg
     return config_from_dict(apply_overrides(base.to_dict(), overrides), str(run_dir / CONFIG))
 

@@ -15,8 +15,10 @@ right for about 9 patches in 10. The counts say more than the model used: a regi
    labelled patches keep their class's cluster and name the clusters (:mod:`pathoucc.cluster.labelled`);
 3. the encoder and feature head are fine-tuned to predict these pseudo-labels (a linear classifier on the
    features, cross-entropy, Adam with a cosine schedule, ``refine.batch_size`` patches per step, the config's
-   augmentations): :func:`refine_step`, run by the training loop (:mod:`pathoucc.training.loop`), so a round has
-   the UCC training's checkpoints, stop signals, logging and DDP.
+   augmentations; with ``refine.pairwise_weight`` > 0 also ClusterNet's pairwise loss on ``refine.pairwise_batch``
+   labelled patches: :func:`~pathoucc.training.losses.pairwise_kl_loss`): :func:`refine_step`, run by the training
+   loop (:mod:`pathoucc.training.loop`), so a round has the UCC training's checkpoints, stop signals, logging and
+   DDP.
 
 The refined features are then clustered as before (``pathoucc cluster`` / ``segment``); new slides need no counts.
 The count classifier is not trained here: after refinement it no longer matches the features (the UCC model is
@@ -54,7 +56,7 @@ from pathoucc.models import UCCModel
 from pathoucc.runtime import autocast, autocast_dtype
 from pathoucc.training.distributed import World
 from pathoucc.training.loop import LoopPlan, run_loop, truncate_log
-from pathoucc.training.losses import pseudo_label_loss
+from pathoucc.training.losses import pairwise_kl_loss, pseudo_label_loss
 from pathoucc.training.schedule import refine_lr_factor
 from pathoucc.training.state import TrainState
 
@@ -96,30 +98,45 @@ class _ClusterNet(nn.Module):
         return self.classifier(self.model.extract_features(x))
 
 
-def refine_step(state: TrainState, batch: tuple[torch.Tensor, torch.Tensor], lr: float, steps: int
-                ) -> dict[str, Any]:
-    """One refinement step on ``batch`` (uint8 patches ``(n, H, W, C)``, already augmented, and their pseudo-labels
-    ``(n,)``): cross-entropy of the cluster classifier on the features; returns the loss (detached) and the lr."""
-    images, target = batch
-    x = to_model_input(images, state.device)
-    target = target.to(state.device)
+def refine_step(state: TrainState, batch: tuple[torch.Tensor, ...], lr: float, steps: int,
+                pairwise_weight: float = 0.0, margin: float = 2.0) -> dict[str, Any]:
+    """One refinement step on ``batch``: uint8 patches ``(n, H, W, C)``, already augmented, and their pseudo-labels
+    ``(n,)`` — cross-entropy of the cluster classifier on the features — and, with ``pairwise_weight`` > 0, labelled
+    patches ``(m, H, W, C)`` and their classes ``(m,)`` — plus ``pairwise_weight`` × ClusterNet's pairwise loss of
+    their cluster logits (hinge ``margin``). Returns the loss (detached, with ``pairwise_loss``) and the lr."""
+    images, target = batch[:2]
+    n = len(images)
+    pairwise = pairwise_weight > 0
+    x = to_model_input(torch.cat([images, batch[2]]) if pairwise else images, state.device)
     state.set_lr(lr * refine_lr_factor(state.step, steps))
     state.net.train()
     with autocast(state.device, state.amp_dtype):
         logits = state.net(x)
-    loss = pseudo_label_loss(logits, target)
+    loss = pseudo_label_loss(logits[:n], target.to(state.device))
+    record = {}
+    if pairwise:
+        record["pairwise_loss"] = pairwise_kl_loss(logits[n:], batch[3].to(state.device), margin)
+        loss = loss + pairwise_weight * record["pairwise_loss"]
+        record["pairwise_loss"] = record["pairwise_loss"].detach()
     state.optimise(loss)
-    return {"loss": loss.detach(), "lr": state.lr}
+    return {"loss": loss.detach(), **record, "lr": state.lr}
 
 
 def _patches(pool: Pool, index: np.ndarray, labels: np.ndarray, rng: np.random.Generator,
-             batch: int, augment, seed: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+             batch: int, augment, seed: int, start: int, pairs: np.ndarray | None = None,
+             pair_batch: int = 0) -> Iterator[tuple[torch.Tensor, ...]]:
     """Step ``start``, ``start + 1``, ...'s patches: ``batch`` of ``index`` drawn by ``rng`` (without replacement),
-    read, augmented (reseeded from ``(seed, step)``), with their pseudo-labels."""
+    read, augmented (reseeded from ``(seed, step)``), with their pseudo-labels; with ``pairs`` ((len(pool),) class
+    of the labelled patches, -1 elsewhere) also ``pair_batch`` (at most all) labelled patches and their classes."""
+    labelled = None if pairs is None else np.flatnonzero(pairs >= 0)
     for step in itertools.count(start):
         pick = np.sort(rng.choice(len(index), batch, replace=False))
         reseed_augment(augment, seed, step)
-        yield (torch.from_numpy(augment_images(pool.read(index[pick]), augment)), torch.from_numpy(labels[pick]))
+        out = (torch.from_numpy(augment_images(pool.read(index[pick]), augment)), torch.from_numpy(labels[pick]))
+        if labelled is not None:
+            rows = np.sort(rng.choice(labelled, min(pair_batch, len(labelled)), replace=False))
+            out += (torch.from_numpy(augment_images(pool.read(rows), augment)), torch.from_numpy(pairs[rows]))
+        yield out
 
 
 def _round_state(model: UCCModel, cfg: Config, k: int, rnd: int, device: torch.device, world: World,
@@ -140,7 +157,8 @@ def _round_state(model: UCCModel, cfg: Config, k: int, rnd: int, device: torch.d
 def refine_model(model: UCCModel, cfg: Config, pool: Pool, k: int,
                  device: torch.device | str = "cpu", log_path: str | Path | None = None, progress: bool = False,
                  checkpoint: str | Path | None = None, resume: dict[str, Any] | None = None,
-                 world: World | None = None, examples: np.ndarray | None = None) -> dict[str, Any]:
+                 world: World | None = None, examples: np.ndarray | None = None,
+                 pairs: np.ndarray | None = None) -> dict[str, Any]:
     """Fine-tune ``model`` in place for ``cfg.refine.rounds`` rounds of ``cfg.refine.steps`` steps on
     count-consistent pseudo-labels of ``pool``'s region patches (``pool.region`` / ``pool.region_count``).
 
@@ -150,6 +168,7 @@ def refine_model(model: UCCModel, cfg: Config, pool: Pool, k: int,
     labelled, share changed by the counts, final loss, seconds; and, where ``pool.labels`` are known, the accuracy
     of k-means and of the pseudo-labels against them). Deterministic for a given ``cfg.seed`` on one machine.
     ``examples`` (len(pool),) int64: labelled patches, the cluster each keeps (-1 = none; :mod:`.labelled`).
+    ``pairs`` (len(pool),) int64: labelled patches' classes (-1 = none) for ``refine.pairwise_weight`` > 0.
     """
     if pool.region is None or pool.region_count is None:
         raise PathouccError("refine needs count-labelled regions (tile files with regions/ucc)")
@@ -161,6 +180,9 @@ def refine_model(model: UCCModel, cfg: Config, pool: Pool, k: int,
     if (over := int((pool.region_count > k).sum())) and world.main:  # kept: their patches keep all k clusters
         log.warning("refine: %d of %d regions count more classes than the k=%d clusters; their patches keep their "
                     "nearest cluster (set eval.k to at least the largest count)", over, len(pool.region_count), k)
+    if (cfg.refine.pairwise_weight > 0) != (pairs is not None and bool((pairs >= 0).any())):
+        raise PathouccError("refine.pairwise_weight > 0 and labelled patches go together (none given, or no "
+                            "pairwise weight for them)")
     augment = build_augment(cfg.data.augment, cfg.seed)
     known = pool.labels[index] >= 0
     rounds: list[dict[str, Any]] = json.loads(resume["rounds"]) if resume is not None else []
@@ -205,13 +227,14 @@ def refine_model(model: UCCModel, cfg: Config, pool: Pool, k: int,
             resume = None
         seed = cfg.seed + 1000 * (rnd + 1) + RANK_STRIDE * world.rank
         batches = _patches(pool, index, labels, state.rng, min(cfg.refine.batch_size, len(index)), augment, seed,
-                           state.step)
+                           state.step, pairs, cfg.refine.pairwise_batch)
         plan = LoopPlan(steps=cfg.refine.steps, log_every=cfg.train.log_every,
                         checkpoint_every=cfg.train.checkpoint_every, checkpoint=checkpoint, log_path=log_path,
                         fields={"round": rnd + 1}, label=f"refine round {rnd + 1}",
                         show=lambda record: f"loss {record['loss']:.3f}")
-        last = run_loop(state, batches, partial(refine_step, lr=cfg.refine.lr, steps=cfg.refine.steps), plan, world,
-                        progress) or _last_record(log_path, rnd + 1)
+        step = partial(refine_step, lr=cfg.refine.lr, steps=cfg.refine.steps,
+                       pairwise_weight=cfg.refine.pairwise_weight, margin=cfg.refine.pairwise_margin)
+        last = run_loop(state, batches, step, plan, world, progress) or _last_record(log_path, rnd + 1)
         summary |= {"final_loss": last.get("loss", float("nan")), "seconds": round(cluster_s + state.elapsed, 1)}
         rounds.append(summary)
         state.meta["rounds"] = json.dumps(rounds)

@@ -1,5 +1,5 @@
 """The losses: the count likelihood of the UCC training (plus the autoencoder's reconstruction) and the
-refinement's pseudo-label cross-entropy.
+refinement's pseudo-label cross-entropy (plus, with labelled examples, ClusterNet's pairwise term).
 
 A bag's *count* is its number of distinct classes; the count classifier predicts its *count class*
 ``target = count - bags.ucc_min`` (``0 .. num_ucc - 1``)."""
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from pathoucc.config import Config
 from pathoucc.models import UCCModel
 
-__all__ = ["invariance_loss", "pseudo_label_loss", "ucc_loss_terms", "ucc_nll"]
+__all__ = ["invariance_loss", "pairwise_kl_loss", "pseudo_label_loss", "ucc_loss_terms", "ucc_nll"]
 
 
 def ucc_nll(logits: torch.Tensor, target: torch.Tensor, low: torch.Tensor | None = None) -> torch.Tensor:
@@ -73,3 +73,23 @@ def pseudo_label_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     """The refinement's loss: mean cross-entropy (in fp32) of cluster ``logits`` ``(n, k)`` against the
     count-consistent pseudo-labels ``target`` ``(n,)``."""
     return F.cross_entropy(logits.float(), target)
+
+
+def pairwise_kl_loss(logits: torch.Tensor, classes: torch.Tensor, margin: float = 2.0) -> torch.Tensor:
+    """ClusterNet's pairwise loss (Shukla et al. 2018; the KL-divergence contrastive loss of Hsu & Kira 2016) over
+    every ordered pair ``i != j`` of the labelled patches' cluster ``logits`` ``(n, k)`` with classes ``(n,)``.
+
+    With ``p`` the softmax and ``KL_ij = KL(p_i* || p_j)`` (``p_i*`` detached: the target side), a pair of one
+    class costs ``KL_ij``, a pair of two classes ``max(0, margin - KL_ij)``; the mean over the pairs (0 for fewer
+    than two patches). Same-class patches are pulled to one assignment, different classes pushed ``margin``
+    nats apart."""
+    if len(logits) < 2:
+        return logits.sum() * 0.0
+    log_p = logits.float().log_softmax(1)
+    target = log_p.detach()
+    # KL(p_i* || p_j) = sum_c p_i*(c) (log p_i*(c) - log p_j(c)), all pairs at once: (n, n)
+    kl = (target.exp() * target).sum(1, keepdim=True) - target.exp() @ log_p.t()
+    same = classes[:, None] == classes[None, :]
+    off = ~torch.eye(len(logits), dtype=torch.bool, device=logits.device)
+    cost = torch.where(same, kl, (margin - kl).clamp_min(0.0))
+    return cost[off].mean()

@@ -285,12 +285,12 @@ def test_interrupted_refinement_resumes_to_the_same_weights(monkeypatch, region_
     refine_run(tmp_path / "full")
     original = refine_module.refine_step
 
-    def stopping_step(state, batch, lr, steps) -> dict:
+    def stopping_step(state, batch, lr, steps, **terms) -> dict:
         if (state.meta["round"], state.step) == at:
             if stop == "kill":
                 raise _Killed
             os.kill(os.getpid(), signal.SIGINT)  # arrives mid-step: the step still finishes
-        return original(state, batch, lr, steps)
+        return original(state, batch, lr, steps, **terms)
 
     monkeypatch.setattr(refine_module, "refine_step", stopping_step)
     with pytest.raises(TrainingInterrupted if stop == "SIGINT" else _Killed):
