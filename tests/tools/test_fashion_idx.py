@@ -40,6 +40,7 @@ def test_fashion_package_becomes_an_idx_folder(tmp_path) -> None:
     assert xtr.shape == (40, 28, 28) and xte.shape == (20, 28, 28) and xtr.dtype == np.uint8
     assert np.bincount(yte, minlength=10).tolist() == [2] * 10 and np.bincount(ytr).tolist() == [4] * 10
     assert not {x.tobytes() for x in xtr} & {x.tobytes() for x in xte}
-    again = read_idx_folder(tmp_path / "idx")  # the folder reads the same twice; the same seed, the same split
-    _make(tmp_path / "package", tmp_path / "idx2")
-    assert np.array_equal(read_idx_folder(tmp_path / "idx2")["test"][0], again["test"][0])
+    _make(tmp_path / "package", tmp_path / "idx2")  # the same seed: the same split
+    assert np.array_equal(read_idx_folder(tmp_path / "idx2")["test"][0], xte)
+    _make(tmp_path / "package", tmp_path / "idx3", seed=1)  # another seed: another one
+    assert not np.array_equal(read_idx_folder(tmp_path / "idx3")["test"][0], xte)
