@@ -56,14 +56,20 @@ def plot_training_curves(metrics_jsonl: str | Path, out_png: str | Path) -> None
 
 
 def plot_refine_curves(refine_jsonl: str | Path, out_png: str | Path) -> None:
-    """Plot the refinement's pseudo-label loss (``refine.jsonl``) against the step, one line per round."""
+    """Plot the refinement's loss (``refine.jsonl``) against the step, one line per round; with the pairwise term
+    (``pairwise_loss`` in the records) it in a second panel."""
     records = _records(refine_jsonl)
     if not records:
         return
-    fig, ax = _pyplot().subplots(figsize=(5, 3.2))
-    for rnd in sorted({r["round"] for r in records}):
-        pts = [(r["step"], r["loss"]) for r in records if r["round"] == rnd]
-        ax.plot(*zip(*pts, strict=True), "-", label=f"round {rnd}")
-    ax.set_yscale("log")
-    _style(ax, "refinement: cross-entropy on count-consistent pseudo-labels", fontsize=9)
+    pairwise = any("pairwise_loss" in r for r in records)
+    fig, axes = _pyplot().subplots(1, 2 if pairwise else 1, figsize=(10 if pairwise else 5, 3.2), squeeze=False)
+    panels = [("loss", "refinement: pseudo-label cross-entropy + weighted pairwise" if pairwise
+               else "refinement: cross-entropy on count-consistent pseudo-labels")]
+    panels += [("pairwise_loss", "refinement: pairwise loss of the labelled patches")] if pairwise else []
+    for ax, (key, title) in zip(axes[0], panels, strict=True):
+        for rnd in sorted({r["round"] for r in records}):
+            pts = [(r["step"], r[key]) for r in records if r["round"] == rnd and key in r]
+            ax.plot(*zip(*pts, strict=True), "-", label=f"round {rnd}")
+        ax.set_yscale("log")
+        _style(ax, title, fontsize=9)
     _save(fig, out_png)

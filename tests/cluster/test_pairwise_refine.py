@@ -114,6 +114,7 @@ def test_refine_takes_the_labelled_share_of_mnist_and_idx(tiny_config, tmp_path)
     refine_run(run, ["data.labels_per_class=3", "refine.pairwise_weight=1.0", "refine.pairwise_batch=8"])
     records = [json.loads(line) for line in (run / "refine.jsonl").read_text().splitlines()]
     assert len(records) == 4 and all(r["pairwise_loss"] > 0 for r in records)
+    assert (run / "refine_curves.png").stat().st_size > 0  # the loss and, beside it, the pairwise term
     with pytest.raises(PathouccError, match=r"only refine\.\* settings \(and data.labelled_fraction"):
         refine_run(run, ["data.val_fraction=0.1"])
 
