@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pathoucc.cli import main
+from pathoucc.data.pool import InstancePool
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "tests" / "assets"  # small real data (tests/assets/README.md says where each file is from)
@@ -165,3 +167,23 @@ def tiny_cohort_recipe(cell: int) -> dict:
     return {"cell": {}, "slides": [{"name": n, "split": "train", "seed": s, "grid": g, **spec}
                                    for n, s, g in (("train0", 1, 16), ("train1", 11, 16), ("val", 3, 10),
                                                    ("test", 2, 10))]}
+
+
+def region_pool(digits, classes=(0, 1, 2, 3), size: int = 12, seed: int = 0) -> InstancePool:
+    """8x8 digits of ``classes`` in regions of ``size``, each of one or two classes, with exact counts."""
+    images, labels = digits
+    rng = np.random.default_rng(seed)
+    by_class = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in classes}
+    picked, region, ucc = [], [], []
+    while True:
+        chosen = rng.choice(classes, size=rng.integers(1, 3), replace=False).tolist()
+        share = [size // len(chosen)] * len(chosen)
+        share[0] += size - sum(share)
+        if any(len(by_class[c]) < n for c, n in zip(chosen, share, strict=True)):
+            break
+        for c, n in zip(chosen, share, strict=True):
+            picked += [by_class[c].pop() for _ in range(n)]
+        region += [len(ucc)] * size
+        ucc.append(len(chosen))
+    picked = np.array(picked)
+    return InstancePool(images[picked], labels[picked], np.array(region), np.array(ucc))

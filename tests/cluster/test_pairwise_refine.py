@@ -12,7 +12,7 @@ import signal
 import numpy as np
 import pytest
 import torch
-from test_refine import _region_pool
+from helpers import region_pool
 
 from pathoucc.cluster import refine as refine_module
 from pathoucc.cluster.features import extract_features
@@ -71,7 +71,7 @@ def _digits_refine_config(weight: float) -> dict:
 
 
 def test_the_pairwise_term_lets_five_labels_per_class_move_the_features(digits, tmp_path) -> None:
-    pool = _region_pool(digits)
+    pool = region_pool(digits)
     rng = np.random.default_rng(0)
     pairs = np.full(len(pool), -1)
     for c in range(4):

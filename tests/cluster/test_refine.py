@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from helpers import one_line_error, run_cli
+from helpers import one_line_error, region_pool, run_cli
 from slide_fixtures import CELL
 
 from pathoucc.cluster import refine as refine_module
@@ -66,28 +66,8 @@ def test_pseudo_labels_reject_mismatched_inputs() -> None:
         count_consistent_labels(np.zeros((2, 2)), np.array([0, 1]), np.ones(1, np.int64))
 
 
-def _region_pool(digits, classes=(0, 1, 2, 3), size: int = 12, seed: int = 0) -> InstancePool:
-    """8x8 digits of ``classes`` in regions of ``size``, each of one or two classes, with exact counts."""
-    images, labels = digits
-    rng = np.random.default_rng(seed)
-    by_class = {c: list(rng.permutation(np.flatnonzero(labels == c))) for c in classes}
-    picked, region, ucc = [], [], []
-    while True:
-        chosen = rng.choice(classes, size=rng.integers(1, 3), replace=False).tolist()
-        share = [size // len(chosen)] * len(chosen)
-        share[0] += size - sum(share)
-        if any(len(by_class[c]) < n for c, n in zip(chosen, share, strict=True)):
-            break
-        for c, n in zip(chosen, share, strict=True):
-            picked += [by_class[c].pop() for _ in range(n)]
-        region += [len(ucc)] * size
-        ucc.append(len(chosen))
-    picked = np.array(picked)
-    return InstancePool(images[picked], labels[picked], np.array(region), np.array(ucc))
-
-
 def test_refinement_learns_count_corrected_clusters(digits) -> None:
-    pool = _region_pool(digits)
+    pool = region_pool(digits)
     cfg = config_from_dict({
         "seed": 0, "data": {"source": "tiles"},
         "model": {"backbone": "conv", "widths": [8, 16], "in_chans": 1, "input_size": 8, "num_features": 6,
