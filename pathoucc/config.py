@@ -19,6 +19,7 @@ Device = Literal["auto", "cpu", "cuda"]  # auto: cuda when available, else cpu
 Split = Literal["test", "val"]  # the held-out split scored
 Source = Literal["mnist", "idx", "features", "tiles"]  # where instances come from (DataConfig)
 KdePool = Literal["mean", "mean+max"]  # mean+max: also each bin's largest kernel value (presence)
+CountHead = Literal["kde", "presence"]  # presence: the count of present latent clusters (models.presence)
 Schedule = Literal["constant", "cosine", "onecycle"]  # the learning-rate schedule
 Compression = Literal["gzip", "lzf", "none"]  # of the patches in tile files
 
@@ -106,7 +107,8 @@ class BagsConfig(Section):
 class ModelConfig(Section):
     """Backbone (``conv``, ``resnet``, a timm model name, or ``mlp``: the projection of feature vectors of
     ``input_dim`` values through hidden ``widths``, for ``data.source: features``; ``input_dim`` unset: taken from
-    the feature files), feature head, KDE, ucc MLP and decoder."""
+    the feature files), feature head, KDE, ucc MLP and decoder. ``count_head: presence`` counts a bag as its
+    number of present latent clusters (``presence_clusters`` of them; no KDE or MLP)."""
 
     backbone: str = "conv"
     input_dim: int | None = Field(None, ge=1)
@@ -125,6 +127,18 @@ class ModelConfig(Section):
     decoder_widths: list[int] = Field(default_factory=lambda: [128, 64, 32])
     decoder_residual: bool = False
     iic_clusters: int = Field(0, ge=0)
+    count_head: CountHead = "kde"
+    presence_clusters: int = Field(10, ge=2)
+
+    @model_validator(mode="after")
+    def _count_head_options(self) -> ModelConfig:
+        fields = type(self).model_fields
+        unused = [k for k in ("kde_pool", "mlp", "num_bins", "sigma") if getattr(self, k) != fields[k].get_default(
+            call_default_factory=True)]
+        if self.count_head == "presence" and unused:
+            raise ValueError(f"{', '.join(unused)} set for a KDE count head, but count_head is presence (no KDE "
+                             "or MLP): drop them")
+        return self
 
 
 class LossConfig(Section):
@@ -246,6 +260,9 @@ class Config(Section):
         if (self.loss.iic_weight > 0) != (self.model.iic_clusters > 0):
             raise ValueError("loss.iic_weight > 0 and model.iic_clusters > 0 go together (the invariance term "
                              f"trains that head); got {self.loss.iic_weight} and {self.model.iic_clusters}")
+        if self.model.count_head == "presence" and self.model.presence_clusters < self.bags.ucc_max:
+            raise ValueError(f"model.presence_clusters ({self.model.presence_clusters}) cannot count to "
+                             f"bags.ucc_max ({self.bags.ucc_max})")
         if self.loss.iic_weight > 0 and self.model.backbone == "mlp":
             raise ValueError("loss.iic_weight needs images (a random affine copy of each); feature vectors have none")
         return self

@@ -141,7 +141,7 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu", file: str 
     state = read_weights(path, "model file")
     try:
         cfg = config_from_dict(json.loads(state["config"]), str(path))
-        model = create_model(cfg.model, int(state["num_ucc"]))
+        model = create_model(cfg.model, int(state["num_ucc"]), cfg.bags.ucc_min)
         model.load_state_dict(state["model"])
     except PathouccError:
         raise

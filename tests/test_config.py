@@ -63,6 +63,17 @@ def test_cross_field_validation(tmp_path: Path) -> None:
         load_config(path)
 
 
+def test_presence_count_head_refuses_kde_options_and_too_few_clusters(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {count_head: presence, kde_pool: mean+max, mlp: [64]}\n")
+    with pytest.raises(PathouccError, match="kde_pool, mlp set for a KDE count head"):
+        load_config(path)
+    path.write_text("model: {count_head: presence, presence_clusters: 3}\nbags: {ucc_max: 4}\n")
+    with pytest.raises(PathouccError, match=r"presence_clusters \(3\) cannot count to bags.ucc_max \(4\)"):
+        load_config(path)
+    assert load_config(path, ["model.presence_clusters=4"]).model.count_head == "presence"
+
+
 def test_overrides_are_typed(tmp_path: Path) -> None:
     path = tmp_path / "c.yaml"
     path.write_text("seed: 1\n")

@@ -7,6 +7,7 @@ from pathoucc.errors import PathouccError
 from pathoucc.models.decoder import ConvDecoder, FeatureDecoder
 from pathoucc.models.encoders import ConvEncoder, FeatureProjection, ResidualEncoder, TimmEncoder
 from pathoucc.models.kde import KDE
+from pathoucc.models.presence import PresenceCount
 from pathoucc.models.ucc import UCCModel
 
 __all__ = ["BUILTIN_BACKBONES", "create_encoder", "create_model", "input_shape"]
@@ -36,8 +37,9 @@ def create_encoder(cfg: ModelConfig):
     return TimmEncoder(cfg.backbone, cfg.in_chans, cfg.pretrained_file)
 
 
-def create_model(cfg: ModelConfig, num_ucc: int) -> UCCModel:
-    """Build the UCC model described by ``cfg`` with a ``num_ucc``-way ucc classifier; with an ``mlp`` backbone
+def create_model(cfg: ModelConfig, num_ucc: int, ucc_min: int = 1) -> UCCModel:
+    """Build the UCC model described by ``cfg`` predicting ``num_ucc`` counts from ``ucc_min`` (by the KDE and
+    MLP, or with ``count_head: presence`` as the number of present latent clusters); with an ``mlp`` backbone
     the decoder (if any) reconstructs the input feature vector."""
     encoder = create_encoder(cfg)
     decoder = None
@@ -47,5 +49,8 @@ def create_model(cfg: ModelConfig, num_ucc: int) -> UCCModel:
         decoder = ConvDecoder(cfg.num_features, cfg.in_chans, cfg.input_size, tuple(cfg.decoder_widths),
                               cfg.decoder_residual)
     kde = KDE(cfg.num_bins, cfg.sigma, cfg.kde_pool)
+    presence = None
+    if cfg.count_head == "presence":
+        presence = PresenceCount(cfg.num_features, cfg.presence_clusters, num_ucc, ucc_min)
     return UCCModel(encoder, cfg.num_features, kde, list(cfg.mlp), num_ucc, decoder, cfg.feature_norm,
-                    cfg.iic_clusters)
+                    cfg.iic_clusters, presence)

@@ -7,6 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pathoucc.models.kde import KDE
+from pathoucc.models.presence import PresenceCount
 
 
 class UCCModel(nn.Module):
@@ -31,26 +32,34 @@ class UCCModel(nn.Module):
         Batch-normalise the feature logits before the sigmoid.
     iic_clusters : int
         Size of a linear softmax head on the features trained by the invariance term (0: none).
+    presence : PresenceCount or None
+        Count each bag as its number of present latent clusters instead of by ``kde`` and ``mlp`` (then unused).
     """
 
     def __init__(self, encoder: nn.Module, num_features: int, kde: KDE, mlp: list[int], num_ucc: int,
-                 decoder: nn.Module | None = None, feature_norm: bool = False, iic_clusters: int = 0) -> None:
+                 decoder: nn.Module | None = None, feature_norm: bool = False, iic_clusters: int = 0,
+                 presence: PresenceCount | None = None) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = nn.Linear(encoder.num_features, num_features)
         # batch-normalised logits keep the features spread over [0, 1] (the KDE's range) from the start
         self.head_norm = nn.BatchNorm1d(num_features) if feature_norm else nn.Identity()
-        self.kde = kde
+        self.presence = presence
+        self.kde = kde if presence is None else None
+        self.classifier = None if presence is not None else self._classifier(kde.out_features(num_features), mlp,
+                                                                            num_ucc)
+        self.decoder = decoder
+        self.num_features = num_features
+        self.cluster_head = nn.Linear(num_features, iic_clusters) if iic_clusters else None
+
+    @staticmethod
+    def _classifier(width: int, mlp: list[int], num_ucc: int) -> nn.Sequential:
         layers: list[nn.Module] = []
-        width = kde.out_features(num_features)
         for h in mlp:
             layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
             width = h
         layers.append(nn.Linear(width, num_ucc))
-        self.classifier = nn.Sequential(*layers)
-        self.decoder = decoder
-        self.num_features = num_features
-        self.cluster_head = nn.Linear(num_features, iic_clusters) if iic_clusters else None
+        return nn.Sequential(*layers)
 
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         """Instances ``(M, C, H, W)`` (or ``(M, D)``) -> features ``(M, J)`` float32 in [0, 1].
@@ -80,7 +89,10 @@ class UCCModel(nn.Module):
 
         Bags may share instances: each instance is encoded once, however many bags it is in."""
         features = self.encode(instances, chunk)
-        logits = self.classifier(self.kde(features.float()[members], mask))
+        if self.presence is not None:
+            logits = self.presence(features.float(), members, mask)
+        else:
+            logits = self.classifier(self.kde(features.float()[members], mask))
         out = {"logits": logits, "features": features}
         if self.decoder is not None:
             out["recon"] = self.decoder(features)

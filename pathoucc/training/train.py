@@ -150,7 +150,7 @@ def prepare_ucc(cfg: Config, pools: dict[str, Pool | None],
     data = StepDataset(sampler, train_pool, bags.bags_per_batch, build_augment(cfg.data.augment), seed)
     # cuDNN picks the fastest kernels for the shapes it sees: worth it when every step has the same shapes
     torch.backends.cudnn.benchmark = device.type == "cuda" and isinstance(sampler, BagSampler)
-    model = create_model(cfg.model, sampler.num_ucc).to(device)
+    model = create_model(cfg.model, sampler.num_ucc, cfg.bags.ucc_min).to(device)
     unused = cfg.loss.ucc_weight == 0 or (cfg.model.decoder and cfg.loss.ae_weight == 0)
     model, net = world.wrap(model, device, find_unused=bool(unused))  # net: DDP under torchrun
     amp_dtype = autocast_dtype(device, train.amp)

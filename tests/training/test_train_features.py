@@ -129,3 +129,21 @@ def h5py_file(path: str):
     import h5py
 
     return h5py.File(path, "a")
+
+
+def test_presence_count_head_trains_and_clusters(tmp_path, monkeypatch, capsys) -> None:
+    """The count of present latent clusters (no KDE, no count MLP) learns the counts and clusters the patches;
+    the saved run loads back with its presence head."""
+    paths, ann = _cohort(tmp_path, "trident")
+    raw = _config(tmp_path, paths, ann, model__count_head="presence", model__presence_clusters=4, refine__steps=0,
+                  train__steps=300, train__lr=1e-2)
+    del raw["model"]["mlp"]
+    (tmp_path / "feat.yaml").write_text(yaml.safe_dump(raw))
+    run = tmp_path / "run"
+    code, _, err = run_cli(monkeypatch, capsys, "train", str(tmp_path / "feat.yaml"), "--out", str(run))
+    assert code == 0, err
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["train_ucc_accuracy"] >= 0.9 and metrics["test"]["val_ucc_accuracy"] >= 0.9, metrics
+    assert metrics["test"]["accuracy"] >= 0.95, metrics
+    _, model = load_run(run)
+    assert model.classifier is None and model.presence.assign.out_features == 4
