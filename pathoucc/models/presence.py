@@ -24,8 +24,8 @@ class PresenceCount(nn.Module):
     (one linear layer). A cluster is present in a bag with probability ``max`` of its members' ``q`` — one
     member is enough, whatever its share of the bag (a class of 2 patches in a region of 300 counts as much as
     one of 200). The bag's count is the number of present clusters (a Poisson-binomial over the K presence
-    probabilities): there is no count classifier to learn the training regions by heart, so the only way to fit
-    the counts is features whose clusters agree with them.
+    probabilities): there is no count classifier to learn the training regions by heart — though the encoder
+    still can (measured on a digit-slide cohort of ~200 regions: docs/benchmarks.md; off by default).
 
     Output: ``(B, num_ucc)`` log-probabilities of the counts ``ucc_min .. ucc_min + num_ucc - 1`` (as logits:
     the loss renormalises them over that range).
