@@ -195,11 +195,11 @@ class RefineConfig(Section):
     fixed bags drawn like the training's (``pathoucc.data.fixed_bags``). ``count_iters`` > 0: the clusters are
     fitted by at most that many rounds of count-constrained k-means (``pathoucc.cluster.counted``), re-seeding any
     cluster left with under ``min_cluster_share`` of the patches, and from the second round also started from the
-    last round's labels (the start of lower count-consistent cost kept); 0: plain k-means. ``examples`` (off by
-    default): a labelled-examples file (QuPath GeoJSON / ``slide,x,y,class`` CSV) whose patches keep their class
-    as fixed pseudo-labels and name the clusters (:mod:`pathoucc.cluster.labelled`; measured worse than naming the
-    refined run afterwards, docs/benchmarks.md); ``example_classes``: its class names. ``pairwise_weight`` > 0
-    (off by default) adds ClusterNet's pairwise loss (:func:`pathoucc.training.losses.pairwise_kl_loss`, hinge
+    last round's labels (the start of lower count-consistent cost kept), then at most ``swaps`` split-and-drop
+    moves that lower that cost; 0: plain k-means. ``examples`` (off): a labelled-examples file (QuPath GeoJSON /
+    ``slide,x,y,class`` CSV) whose patches keep their class as fixed pseudo-labels and name the clusters
+    (:mod:`pathoucc.cluster.labelled`; measured worse than naming the refined run afterwards); ``example_classes``:
+    its class names. ``pairwise_weight`` > 0 (off) adds ClusterNet's pairwise loss (``training.losses``, hinge
     ``pairwise_margin`` nats) on ``pairwise_batch`` labelled patches a step: those of ``examples`` (tiles) or of
     ``data.labelled_fraction`` / ``labels_per_class`` (MNIST/IDX); ``fix_examples`` false: ``examples`` enter
     that loss only, not the clustering."""
@@ -210,6 +210,7 @@ class RefineConfig(Section):
     batch_size: int = Field(256, ge=2)
     count_iters: int = Field(30, ge=0)
     min_cluster_share: float = Field(1e-3, ge=0, lt=1)
+    swaps: int = Field(0, ge=0)
     examples: str | None = None
     example_classes: list[str] | None = Field(None, min_length=1)
     fix_examples: bool = True
@@ -228,6 +229,8 @@ class RefineConfig(Section):
         if not self.fix_examples and not (self.examples is not None and self.pairwise_weight > 0):
             raise ValueError("refine.fix_examples false keeps refine.examples for the pairwise loss only: give "
                              "refine.examples and refine.pairwise_weight > 0")
+        if self.swaps and (not self.count_iters or (self.examples is not None and self.fix_examples)):
+            raise ValueError("refine.swaps moves the count k-means: needs refine.count_iters > 0, no fixed examples")
         return self
 
 

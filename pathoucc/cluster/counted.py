@@ -8,7 +8,11 @@ that; :func:`fit_count_kmeans` goes further and lets the counts move the centres
 2. each centre becomes the mean of the patches so assigned;
 3. a cluster left (nearly) empty — the counts gave its patches to others, as when k-means has split one class in
    two — is re-seeded by splitting the cluster with the largest squared error (two-means of its patches): a
-   cluster that holds two classes is the one whose split the counts then keep.
+   cluster that holds two classes is the one whose split the counts then keep;
+4. with ``swaps`` > 0, once the rounds have settled, a local search (split-and-drop moves): the cluster of largest
+   squared error is split in two and any other cluster dropped, the rounds run again, and the move is kept if the
+   count-consistent cost falls; at most ``swaps`` moves. A merged pair of classes beside a small mixed cluster is
+   a local optimum of the rounds that such a move leaves.
 
 From the refinement's second round on, the rounds also start from the last round's pseudo-labels (the features
 were just trained on them; a fresh k-means may cut them along another direction) and the start with the lower
@@ -104,9 +108,34 @@ def _count_rounds(centres: np.ndarray, features: np.ndarray, region: np.ndarray,
     return centres, {"iterations": iterations, "reseeded": reseeded, "changed": changed}
 
 
+def _swap_moves(centres: np.ndarray, features: np.ndarray, region: np.ndarray, region_count: np.ndarray,
+                seed: int, max_iter: int, floor: int, swaps: int) -> tuple[np.ndarray, int]:
+    """Step 4 of the module's fit: at most ``swaps`` split-and-drop moves from ``centres`` (K, J), each kept only
+    if it lowers the count-consistent cost by more than 1e-4 of it. Returns the centres and the moves kept."""
+    k, cost, kept = len(centres), _count_cost(centres, features, region, region_count), 0
+    for move in range(swaps):
+        labels = count_consistent_labels(ClusterModel(centres).distances(features), region, region_count)
+        error = np.array([((features[labels == c] - centres[c]) ** 2).sum() for c in range(k)])
+        big = int(error.argmax())
+        if (labels == big).sum() < 2:
+            break
+        pair = KMeans(2, n_init=3, random_state=seed + move).fit(features[labels == big]).cluster_centers_
+        best, best_cost = None, cost * (1 - 1e-4)
+        for drop in (c for c in range(k) if c != big):
+            trial = centres.copy()
+            trial[big], trial[drop] = pair.astype(np.float32)
+            trial, _ = _count_rounds(trial, features, region, region_count, seed, max_iter, floor)
+            if (trial_cost := _count_cost(trial, features, region, region_count)) < best_cost:
+                best, best_cost = trial, trial_cost
+        if best is None:
+            break
+        centres, cost, kept = best, best_cost, kept + 1
+    return centres, kept
+
+
 def fit_count_kmeans(features: np.ndarray, region: np.ndarray, region_count: np.ndarray, k: int, seed: int = 0,
                      n_init: int = 10, max_iter: int = 30, min_share: float = 1e-3,
-                     previous: np.ndarray | None = None) -> tuple[ClusterModel, dict]:
+                     previous: np.ndarray | None = None, swaps: int = 0) -> tuple[ClusterModel, dict]:
     """Count-constrained k-means of the region patches' ``features`` ``(N, J)``.
 
     region : (N,) int64 region of each row, all >= 0; region_count : (R,) count of each region.
@@ -119,10 +148,12 @@ def fit_count_kmeans(features: np.ndarray, region: np.ndarray, region_count: np.
     run from the centres these labels give the new features, and the start whose result has the lower
     count-consistent cost (mean squared distance to the assigned centre; fresh on a tie) is kept — a refinement
     round trained the features on those labels, and a fresh k-means may cut them along another direction.
+    swaps : at most this many split-and-drop moves after the rounds of each start (0 = none; step 4 above).
 
     Returns the centres and ``{"iterations", "reseeded", "changed"}`` (rounds run, clusters re-seeded, share of
     rows whose count-consistent label differs from the first round's; with ``previous`` also ``"start"``, fresh
-    or previous, and both ``"costs"``). Deterministic for a given ``seed``.
+    or previous, and both ``"costs"``; with ``swaps`` also ``"swaps"``, the moves kept). Deterministic for a
+    given ``seed``.
     """
     features = np.asarray(features, np.float32)
     region = np.asarray(region, np.int64)
@@ -132,6 +163,9 @@ def fit_count_kmeans(features: np.ndarray, region: np.ndarray, region_count: np.
     floor = max(1, int(min_share * len(features)))
     centres = fit_kmeans(features[fit], k, seed, n_init).cluster_centers_.astype(np.float32)
     centres, info = _count_rounds(centres, features, region, region_count, seed, max_iter, floor)
+    if swaps and max_iter:
+        centres, moves = _swap_moves(centres, features, region, region_count, seed, max_iter, floor, swaps)
+        info["swaps"] = moves
     if previous is not None:
         previous = np.asarray(previous, np.int64)
         if previous.shape != region.shape or previous.min(initial=0) < 0 or previous.max(initial=0) >= k:
@@ -142,6 +176,9 @@ def fit_count_kmeans(features: np.ndarray, region: np.ndarray, region_count: np.
         start[sizes > 0] /= sizes[sizes > 0, None]
         start[sizes == 0] = centres[sizes == 0]  # an empty label keeps the fresh centre (re-seeded if need be)
         warm, warm_info = _count_rounds(start, features, region, region_count, seed, max_iter, floor)
+        if swaps and max_iter:
+            warm, moves = _swap_moves(warm, features, region, region_count, seed, max_iter, floor, swaps)
+            warm_info["swaps"] = moves
         costs = {"fresh": _count_cost(centres, features, region, region_count),
                  "previous": _count_cost(warm, features, region, region_count)}
         if costs["previous"] < costs["fresh"]:

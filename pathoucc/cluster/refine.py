@@ -72,9 +72,10 @@ def _cluster(model: UCCModel, pool: Pool, cfg: Config, k: int, index: np.ndarray
     """Squared distances ``(len(index), k)`` of the patches ``index`` to the centres of the round's fit: k-means
     of their features, then ``refine.count_iters`` rounds of count-constrained k-means
     (:func:`pathoucc.cluster.counted.fit_count_kmeans`; also started from ``previous``, the last round's
-    pseudo-labels, keeping the start of lower count-consistent cost); with labelled patches (``fixed``
-    (len(index),) their cluster, -1 elsewhere) constrained k-means and count-constrained rounds that keep them fixed
-    (:func:`pathoucc.cluster.labelled.fit_labelled_count_kmeans`); and that fit's summary."""
+    pseudo-labels, keeping the start of lower count-consistent cost; ``refine.swaps`` split-and-drop moves); with
+    labelled patches (``fixed`` (len(index),) their cluster, -1 elsewhere) constrained k-means and
+    count-constrained rounds that keep them fixed (:func:`pathoucc.cluster.labelled.fit_labelled_count_kmeans`);
+    and that fit's summary."""
     features = extract_features(model, pool, cfg.eval.batch_size, device, index=index,
                                 dtype=inference_dtype(cfg, device))
     if fixed is not None:
@@ -83,7 +84,7 @@ def _cluster(model: UCCModel, pool: Pool, cfg: Config, k: int, index: np.ndarray
         return centres.distances(features), info
     centres, info = fit_count_kmeans(features, pool.region[index], pool.region_count, k, cfg.seed, cfg.eval.n_init,
                                      cfg.refine.count_iters, cfg.refine.min_cluster_share,
-                                     previous if cfg.refine.count_iters else None)
+                                     previous if cfg.refine.count_iters else None, cfg.refine.swaps)
     return centres.distances(features), info
 
 

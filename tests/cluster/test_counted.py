@@ -100,3 +100,31 @@ def test_worse_previous_labels_are_dropped():
     assert {k: info[k] for k in plain_info} == plain_info
     with pytest.raises(ValueError, match="previous labels"):
         fit_count_kmeans(x, region, count, 6, previous=shuffled[:-1])
+
+
+@pytest.mark.parametrize(("k", "seed"), [(6, 24), (8, 7)])
+def test_split_and_drop_moves_leave_a_merged_pair(k, seed):
+    x, y, region, count = _cohort(seed, k=k)
+    stuck, info = fit_count_kmeans(x, region, count, k, seed=0, n_init=1)
+    moved, moved_info = fit_count_kmeans(x, region, count, k, seed=0, n_init=1, swaps=3)
+    accuracy = [clustering_accuracy(y, count_consistent_labels(m.distances(x), region, count)) for m in (stuck, moved)]
+    assert accuracy[0] < 0.85 and "swaps" not in info  # the rounds settle with two classes in one cluster
+    assert accuracy[1] > 0.99 and moved_info["swaps"] == 1
+
+
+def test_split_and_drop_moves_keep_a_right_fit():
+    x, _, region, count = _cohort(27)
+    right, _ = fit_count_kmeans(x, region, count, 6, seed=0, n_init=1)
+    again, info = fit_count_kmeans(x, region, count, 6, seed=0, n_init=1, swaps=3)
+    assert info["swaps"] == 0
+    np.testing.assert_array_equal(again.centers, right.centers)
+
+
+def test_swaps_need_the_count_kmeans():
+    from pathoucc.config import config_from_dict
+    from pathoucc.errors import PathouccError
+
+    config_from_dict({"refine": {"steps": 5, "swaps": 3}})
+    for refine in ({"steps": 5, "swaps": 3, "count_iters": 0}, {"steps": 5, "swaps": 3, "examples": "e.csv"}):
+        with pytest.raises(PathouccError, match=r"refine\.swaps moves the count k-means"):
+            config_from_dict({"data": {"source": "tiles"}, "refine": refine})
