@@ -52,7 +52,8 @@ from pathoucc.training.plots import plot_training_curves
 from pathoucc.training.schedule import lr_factor
 from pathoucc.training.state import TrainState
 
-__all__ = ["UCCTraining", "fit_ucc", "prepare_ucc", "train_ucc", "ucc_step", "validate_ucc"]
+__all__ = ["UCCTraining", "fit_ucc", "loss_over_chance", "prepare_ucc", "train_ucc", "ucc_step",
+           "validate_ucc"]
 
 log = logging.getLogger(__name__)
 
@@ -232,8 +233,26 @@ def train_ucc(cfg: Config, run_dir: str | Path, resume: bool = False, progress: 
                 log.info("removed %s (derived from earlier weights)", ", ".join(removed))
             save_model(training.state.modules["model"], cfg, run_dir / (MODEL_UCC if cfg.refine.steps else MODEL))
             plot_training_curves(run_dir / METRICS_LOG, run_dir / CURVES)
+            ratio = loss_over_chance(run_dir / METRICS_LOG, training.sampler.num_ucc)
+            if ratio is not None and ratio > 0.95:  # seen on a cohort cell of large one-class blobs (benchmarks)
+                log.warning("the count loss ended at %.0f %% of chance (ln %d): the model learned (almost) nothing "
+                            "from the counts; %s", 100 * ratio, training.sampler.num_ucc,
+                            "the clusters rest on the refinement" if cfg.refine.steps else
+                            "its clusters are close to random (the refinement, refine.steps > 0, can recover)")
         world.barrier()  # the other ranks may read model-ucc.pt next (the refinement)
     return run_dir
+
+
+def loss_over_chance(log_path: Path, num_ucc: int, last: float = 0.1) -> float | None:
+    """The mean training count loss (``ucc_loss``) of the last ``last`` share of the records of ``log_path`` over
+    ln(``num_ucc``), the loss of a count classifier that tells nothing apart (1.0); None without such records."""
+    if num_ucc < 2 or not log_path.is_file():
+        return None
+    losses = [r["ucc_loss"] for r in map(json.loads, log_path.read_text().splitlines()) if "ucc_loss" in r]
+    if not losses:
+        return None
+    tail = losses[-max(1, math.ceil(last * len(losses))):]
+    return sum(tail) / len(tail) / math.log(num_ucc)
 
 
 def _setup_file_logging(run_dir: Path) -> None:

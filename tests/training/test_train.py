@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import json
 from pathlib import Path
 
@@ -163,3 +164,22 @@ def test_one_cosine_serves_training_and_refinement(tiny_config: dict) -> None:
     assert [refine_lr_factor(s, 4) for s in range(5)] == pytest.approx([1.0, 0.8536, 0.5, 0.1464, 0.0], abs=1e-4)
     cfg = config_from_dict(tiny_config | {"train": tiny_config["train"] | {"steps": 4, "schedule": "cosine"}})
     assert [lr_factor(cfg, s) for s in range(5)] == [refine_lr_factor(s, 4) for s in range(5)]
+
+
+def test_a_count_loss_left_at_chance_is_measured(tmp_path: Path) -> None:
+    """The warning's measure: the last tenth of the logged count losses over ln(counts)."""
+    log_path = tmp_path / "metrics.jsonl"
+    stuck = [{"step": 20 * i, "ucc_loss": math.log(4) + 0.01 * (-1) ** i} for i in range(1, 51)]
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in [{"step": 0, "val_ucc_loss": 9.0}, *stuck]))
+    assert train_module.loss_over_chance(log_path, 4) == pytest.approx(1.0, abs=0.005)
+    learnt = [{"step": 20 * i, "ucc_loss": math.log(4) / i} for i in range(1, 51)]
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in learnt))
+    assert train_module.loss_over_chance(log_path, 4) == pytest.approx(sum(1 / i for i in range(46, 51)) / 5)
+    assert train_module.loss_over_chance(tmp_path / "none.jsonl", 4) is None
+
+
+def test_training_that_learns_nothing_from_the_counts_warns(tmp_path: Path, tiny_config: dict, caplog) -> None:
+    tiny_config["train"].update(lr=1e-9, steps=6)  # no step moves the weights: the loss stays at chance
+    with caplog.at_level("WARNING", logger="pathoucc"):
+        train_ucc(config_from_dict(tiny_config), tmp_path / "run")
+    assert "the count loss ended at" in caplog.text and "of chance (ln" in caplog.text
