@@ -15,9 +15,6 @@ import torch
 from helpers import region_pool
 
 from pathoucc.cluster import refine as refine_module
-from pathoucc.cluster.features import extract_features
-from pathoucc.cluster.kmeans import fit_kmeans
-from pathoucc.cluster.metrics import clustering_accuracy
 from pathoucc.cluster.refine import refine_model
 from pathoucc.config import config_from_dict
 from pathoucc.errors import PathouccError, TrainingInterrupted
@@ -70,25 +67,24 @@ def _digits_refine_config(weight: float) -> dict:
                        "pairwise_batch": 20}}
 
 
-def test_the_pairwise_term_lets_five_labels_per_class_move_the_features(digits, tmp_path) -> None:
+def test_the_pairwise_term_pulls_five_labels_per_class_together(digits, tmp_path) -> None:
+    """Each round's fine-tuning lowers the pairwise loss of the labelled pairs (a new classifier each round).
+
+    Not asserted: a clustering gain. On the whole digits pool it was +0.21 on one CPU (0.74 -> 0.95) and +0.01,
+    -0.19, +0.02 over three torch seeds on another; the benchmarks measure no gain either (docs/benchmarks.md)."""
     pool = region_pool(digits)
     rng = np.random.default_rng(0)
     pairs = np.full(len(pool), -1)
     for c in range(4):
         pairs[rng.choice(np.flatnonzero(pool.labels == c), 5, replace=False)] = c
-    scores = {}
-    for weight in (0.0, 1.0):
-        cfg = config_from_dict(_digits_refine_config(weight))
-        torch.manual_seed(0)
-        model = create_model(cfg.model, 2)
-        refine_model(model, cfg, pool, k=4, pairs=pairs if weight else None, log_path=tmp_path / f"{weight}.jsonl")
-        features = extract_features(model, pool, 256)
-        scores[weight] = clustering_accuracy(pool.labels, fit_kmeans(features, 4, 0, 2).labels_)
-    # the same untrained model and pseudo-label rounds; 20 labelled patches of 576 (measured 0.74 -> 0.95)
-    assert scores[1.0] > scores[0.0] + 0.1
-    records = [json.loads(line) for line in (tmp_path / "1.0.jsonl").read_text().splitlines()]
+    cfg = config_from_dict(_digits_refine_config(1.0))
+    torch.manual_seed(0)
+    refine_model(create_model(cfg.model, 2), cfg, pool, k=4, pairs=pairs, log_path=tmp_path / "log.jsonl")
+    records = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
     assert all(r["pairwise_loss"] > 0 for r in records)
-    assert "pairwise_loss" not in (tmp_path / "0.0.jsonl").read_text()
+    for rnd in (1, 2, 3):  # measured 1.57 -> 1.26, 1.56 -> 1.41, 1.56 -> 1.36 (three torch seeds: ratios <= 0.94)
+        losses = [r["pairwise_loss"] for r in records if r["round"] == rnd]
+        assert len(losses) == 10 and losses[-1] < 0.97 * losses[0]
     with pytest.raises(PathouccError, match="pairwise_weight > 0 and labelled patches go together"):
         refine_model(create_model(cfg.model, 2), cfg, pool, k=4)
 
