@@ -140,7 +140,7 @@ def test_bench_cohorts_scores_every_slide_of_a_cell(tmp_path, monkeypatch):
     # the same UCC model refined again with other refine settings; any other change is refused
     run = tmp_path / "work" / cell.name / "run-seed0"
     ucc = (run / "model-ucc.pt").read_bytes()
-    cfg["refine"].update(rounds=2, count_iters=0)
+    cfg["refine"].update(rounds=2, count_iters=0, swaps=0)
     (tmp_path / "small.yaml").write_text(yaml.safe_dump(cfg))
     again = run_cell(cell, argparse.Namespace(**{**vars(args), "refine_again": True}))
     assert again["refined_again"] and len(again["refine"]["rounds"]) == 2
